@@ -1,0 +1,133 @@
+"""The Vision Transformer (Dosovitskiy et al., 2020), with timm's parameter names.
+
+image -> patches (conv, kernel = stride = P) -> [class] token + learned 1-D position
+embeddings -> pre-LN Transformer blocks -> LayerNorm -> pool ([class] token or mean of
+patch tokens) -> optional tanh pre-logits layer -> linear head.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .layers import Block, PatchEmbed
+from .pos_embed import resample_abs_pos_embed
+
+GlobalPool = Literal["token", "avg", ""]
+
+
+class VisionTransformer(nn.Module):
+    """ViT. Keyword names match ``timm.models.vision_transformer.VisionTransformer``.
+
+    ``global_pool='avg'`` moves the final norm after pooling (``fc_norm``) as timm does;
+    ``representation_size`` adds the paper's pretraining pre-logits layer (Linear + tanh);
+    ``dynamic_img_size`` accepts any input size whose sides divide by the patch size,
+    resampling the position embeddings on the fly.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, global_pool: GlobalPool = "token", embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 init_values: float | None = None, class_token: bool = True, fc_norm: bool | None = None,
+                 representation_size: int | None = None, dynamic_img_size: bool = False,
+                 drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
+                 weight_init: str = ""):
+        super().__init__()
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+        self.num_prefix_tokens = int(class_token)
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over depth (DeiT)
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate, attn_drop_rate, r, norm_eps)
+            for r in rates])
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.pre_logits = nn.Identity()
+        if representation_size:
+            self.pre_logits = nn.Sequential()
+            self.pre_logits.add_module("fc", nn.Linear(embed_dim, representation_size))
+            self.pre_logits.add_module("act", nn.Tanh())
+            self.num_features = representation_size
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if weight_init != "skip":
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's default: truncated normal (std 0.02) for linears and pos_embed, zero biases."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token"}
+
+    def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None,
+                         zero_init: bool = False) -> None:
+        """Swap the head for ``num_classes`` outputs; ``zero_init`` is the paper's fine-tuning head."""
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            if zero_init:
+                nn.init.zeros_(self.head.weight)
+            else:
+                nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """Tokens placed before the patches; a variant with more (DeiT's distillation token) extends this."""
+        return [self.cls_token.expand(batch, -1, -1)] if self.cls_token is not None else []
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, d = x.shape
+        pos_embed = self.pos_embed
+        if (h, w) != self.grid_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, (h, w), self.grid_size, self.num_prefix_tokens)
+        x = torch.cat(self.prefix_tokens(b) + [x.reshape(b, h * w, d)], dim=1)
+        return self.pos_drop(x + pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> normalised tokens [B, prefix + patches, D]."""
+        x = self._pos_embed(self.patch_embed(x))
+        return self.norm(self.blocks(x))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.global_pool == "token":
+            return x[:, 0]
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(self.fc_norm(self.pool(x)))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
