@@ -1,0 +1,42 @@
+# `make demo`: set up, train the default ViT on Fashion-MNIST, evaluate, predict, draw attention.
+# `make test`: set up (with test extras) and run the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+RUN    ?= runs/demo
+
+.PHONY: setup setup-test data demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned here (constraints.txt), not in the package: an unpinned torch pulls GBs of CUDA wheels.
+setup: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e .
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+
+# Fashion-MNIST from Debian when we may install packages; otherwise vitkit downloads it (with MD5 checks).
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+
+demo: setup data
+	$(BIN)/vitkit train --config recipes/demo.yaml --output $(RUN)
+	$(BIN)/vitkit eval --checkpoint $(RUN) --json > $(RUN)/eval-cli.json
+	$(BIN)/vitkit samples --dataset fashion-mnist --count 8 --out $(RUN)/samples
+	$(BIN)/vitkit predict --checkpoint $(RUN) $(RUN)/samples --topk 3
+	$(BIN)/vitkit explain --checkpoint $(RUN) $(RUN)/samples/*.png --out $(RUN)/explain
+	@echo "run folder: $(RUN) (eval.json, curves.png, confusion.png, explain/report.html)"
+
+test: setup-test data
+	$(BIN)/python -m pytest -q
+
+bench: setup-test
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

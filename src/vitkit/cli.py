@@ -1,0 +1,212 @@
+"""`vitkit <command>`: parses arguments and calls the library; holds no logic of its own.
+
+A VitkitError (bad file, bad option) prints as one `error: ...` line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import VitkitError
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """--set key=value pairs; values are read as YAML (numbers, lists, true/false)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VitkitError(f"--set expects key=value, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+# ---------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    from .train.checkpoint import load_train_state
+
+    overrides = dict(model=args.model, dataset=args.dataset, data_dir=args.data_dir, output=args.output,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                     warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
+                     seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
+                     **_parse_set(args.set))
+    if args.resume:
+        stored = load_train_state(args.resume)["config"]
+        cfg = TrainConfig.from_dict({**stored, **{k: v for k, v in overrides.items() if v is not None},
+                                     "output": args.resume})
+    else:
+        cfg = TrainConfig.from_sources(args.config, **overrides)
+    train(cfg, resume=bool(args.resume))
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from scratch",
+                       description="Train a ViT. Options come from defaults, then --config YAML, then flags.")
+    p.add_argument("--config", help="YAML recipe (any TrainConfig field)")
+    p.add_argument("--model", help="registry name, see `vitkit models` (default vit_mini_patch4_28)")
+    p.add_argument("--dataset", help="fashion-mnist | digits | folder:PATH")
+    p.add_argument("--data-dir", help="where dataset files are (else $VITKIT_DATA, system paths, download)")
+    p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data-loading processes for image folders")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other recipe field, e.g. --set clip_grad=0.5 (repeatable)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch")
+    p.set_defaults(func=cmd_train)
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .train import evaluate_dataset, load_checkpoint, resolve_precision
+    from .train.checkpoint import write_json
+    from .train.plots import plot_confusion
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    spec = args.dataset or cfg.get("dataset")
+    if not spec:
+        raise VitkitError(f"{args.checkpoint}: the checkpoint names no dataset; pass --dataset")
+    ds = load_dataset(spec, args.split, data_dir=args.data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
+                      val_fraction=cfg.get("recipe", {}).get("val_fraction", 0.1),
+                      seed=cfg.get("recipe", {}).get("seed", 0))
+    if list(ds.classes) != list(cfg["classes"]):
+        raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
+                          f"{cfg['classes'][:5]}...")
+    metrics = evaluate_dataset(model, ds, cfg["mean"], cfg["std"], args.batch_size,
+                               resolve_precision(args.precision))
+    metrics.update(dataset=spec, split=args.split, checkpoint=str(args.checkpoint))
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", metrics)
+    plot_confusion(metrics["confusion"], cfg["classes"], out / "confusion.png")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{spec} [{args.split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%  "
+              f"top-5 {100 * metrics['top5']:.2f}%")
+        for name, acc in metrics["per_class"].items():
+            print(f"  {name:>20s}  {100 * acc:6.2f}%")
+        print(f"confusion matrix: {out / 'confusion.png'}")
+    return 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions, ...)")
+    p.set_defaults(func=cmd_eval)
+
+
+# ---------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .inference.predict import expand_inputs, predict_files
+    from .train import load_checkpoint, resolve_precision
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    paths = expand_inputs(args.inputs)
+    bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
+    results = list(predict_files(model, paths, cfg, args.topk, args.batch_size, resolve_precision(args.precision),
+                                 on_batch=bar.update))
+    bar.close()
+    errors = [r for r in results if r.error]
+    if args.json:
+        print(json.dumps({"predictions": [r.to_dict() for r in results if not r.error],
+                          "errors": [r.to_dict() for r in errors]}))
+    else:
+        for r in results:
+            if not r.error:
+                print(f"{r.path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r.topk))
+    for r in errors:
+        print(f"error: {r.error}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} of {len(results)} file(s) could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images or folders of images")
+    p.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+
+# ---------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import get_model_spec, list_models, model_param_count
+
+    names = list_models(args.pattern)
+    if not names:
+        raise VitkitError(f"no model matches {args.pattern!r}")
+    rows = [(n, model_param_count(n), get_model_spec(n).input_size) for n in names]
+    if args.json:
+        print(json.dumps([{"name": n, "params": p, "input_size": list(s)} for n, p, s in rows]))
+        return 0
+    print(f"{'model':32s} {'params':>12s}  input")
+    for n, p, s in rows:
+        print(f"{n:32s} {p:12,d}  {s[0]}x{s[1]}x{s[2]}")
+    return 0
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'vit_base*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval, add_predict, add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers: train, evaluate, explain.")
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VitkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

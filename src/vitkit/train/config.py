@@ -1,0 +1,91 @@
+"""Training configuration: one dataclass, filled from a YAML recipe and command-line overrides.
+
+A recipe file holds any subset of the fields below; flags given on the command line win.
+The full, resolved configuration is stored in every checkpoint so a run can be repeated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import VitkitError
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vit_mini_patch4_28"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    output: str = "runs/train"
+    epochs: int = 10
+    batch_size: int = 256            # global: split across processes under torchrun
+    lr: float = 1e-3                 # peak learning rate after warmup
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 1.0
+    precision: str = "auto"          # auto | fp32 | bf16
+    seed: int = 0
+    img_size: int | None = None      # None: the model's own
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    crop_padding: int = 2            # random crop after padding, 0 disables
+    hflip: bool = True
+    val_fraction: float = 0.1        # folder datasets without a val/ folder
+    workers: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    log_every: int = 50
+
+    @classmethod
+    def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
+        """Defaults, then the YAML recipe, then overrides that are not None."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(load_yaml(config_file))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise VitkitError(f"unknown training option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+        if "betas" in values:
+            values = {**values, "betas": tuple(values["betas"])}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise VitkitError("epochs, batch_size and lr must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VitkitError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as e:
+        raise VitkitError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VitkitError(f"{path}: a recipe must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}

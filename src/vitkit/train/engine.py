@@ -1,0 +1,216 @@
+"""The training loop: data -> model -> AdamW + cosine schedule -> checkpoints every epoch.
+
+A run is a pure function of its configuration: the shuffling and the random draws of
+each epoch are seeded from (seed, epoch, rank), and everything else a resumed run needs
+(weights, optimizer moments, step, history) is in ``train_state.pt``. So a run killed
+after epoch k and resumed ends exactly where the uninterrupted run ends.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import load_dataset, make_loader, normalize, random_crop_flip
+from ..errors import VitkitError
+from ..models import count_params, create_model, get_model_spec
+from .checkpoint import (load_train_state, save_checkpoint, save_train_state, unwrap, write_json, atomic_write,
+                         STATE_NAME)
+from .config import TrainConfig
+from .distributed import DistInfo, barrier, init_distributed, shutdown
+from .evaluate import classification_metrics, evaluate_dataset, predict_logits
+from .optim import cosine_lr, create_optimizer, set_lr
+from .plots import plot_confusion, plot_curves
+from .precision import autocast, resolve_precision
+
+
+def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
+    """(in_chans, img_size) the model will be built with."""
+    kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
+    return kwargs.get("in_chans", 3), cfg.img_size or kwargs.get("img_size", 224)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    in_chans, img_size = model_input_shape(cfg)
+    common = dict(data_dir=cfg.data_dir, img_size=img_size, in_chans=in_chans,
+                  val_fraction=cfg.val_fraction, seed=cfg.seed)
+    train_ds = load_dataset(cfg.dataset, "train", **common)
+    eval_ds = load_dataset(cfg.dataset, "test", **common)
+    if list(train_ds.classes) != list(eval_ds.classes):
+        raise VitkitError(f"{cfg.dataset}: train and test splits have different classes")
+    return train_ds, eval_ds
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    _, img_size = model_input_shape(cfg)
+    kwargs = dict(num_classes=num_classes, img_size=img_size, drop_rate=cfg.drop_rate,
+                  drop_path_rate=cfg.drop_path_rate)
+    return create_model(cfg.model, **{**kwargs, **cfg.model_kwargs})
+
+
+def _seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> None:
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
+
+
+def _log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        tqdm.write(msg, file=sys.stderr)
+
+
+class Trainer:
+    """Holds a run's pieces; ``fit()`` runs the remaining epochs."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.info = init_distributed()
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.precision = resolve_precision(cfg.precision)
+        if cfg.batch_size % self.info.world_size:
+            raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
+        self.batch_per_rank = cfg.batch_size // self.info.world_size
+        self.train_ds, self.eval_ds = build_datasets(cfg)
+        self.classes = list(self.train_ds.classes)
+        self.mean, self.std = tuple(self.train_ds.mean), tuple(self.train_ds.std)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, len(self.classes))
+        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas)
+        self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
+                                         "best_top1": -1.0}
+        if resume:
+            self._restore()
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model)
+        self.steps_per_epoch = len(self._loader(0))
+        if self.steps_per_epoch == 0:
+            raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
+                              f"of {cfg.batch_size}; lower --batch-size")
+
+    def _restore(self) -> None:
+        state = load_train_state(self.out)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({e})") from None
+        self.progress = state["progress"]
+        _log(self.info, f"resuming {self.out} after epoch {self.progress['epoch']}")
+
+    def _loader(self, epoch: int):
+        return make_loader(self.train_ds, self.batch_per_rank, shuffle=True, seed=self.cfg.seed, epoch=epoch,
+                           drop_last=True, rank=self.info.rank, world_size=self.info.world_size,
+                           num_workers=self.cfg.workers)
+
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """What a checkpoint's config.json records besides the architecture."""
+        in_chans, img_size = model_input_shape(self.cfg)
+        return {"classes": self.classes, "mean": list(self.mean), "std": list(self.std), "img_size": img_size,
+                "in_chans": in_chans, "dataset": self.cfg.dataset, "precision": self.precision,
+                "recipe": self.cfg.to_dict(), **extra}
+
+    def train_one_epoch(self, epoch: int) -> float:
+        cfg, model = self.cfg, self.ddp
+        model.train()
+        _seed_epoch(cfg, epoch, self.info.rank)
+        loader = self._loader(epoch)
+        total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main,
+                   mininterval=0.5 if sys.stderr.isatty() else 30, leave=False, file=sys.stderr)
+        loss_sum, n = torch.zeros(()), 0
+        for images, labels in bar:
+            lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
+            set_lr(self.optimizer, lr)
+            images = random_crop_flip(images, cfg.crop_padding, cfg.hflip) if (cfg.crop_padding or cfg.hflip) else images
+            with autocast(self.precision):
+                loss = F.cross_entropy(model(normalize(images, self.mean, self.std)), labels,
+                                       label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+            self.progress["step"] += 1
+            loss_sum += loss.detach().float() * len(labels)
+            n += len(labels)
+            if self.progress["step"] % cfg.log_every == 0:
+                value = loss.item()
+                if not torch.isfinite(torch.tensor(value)):
+                    raise VitkitError(f"training diverged: loss is {value} at step {self.progress['step']}; "
+                                      "lower --lr or raise --warmup-epochs")
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+        stats = torch.stack([loss_sum, torch.tensor(float(n))])
+        if self.info.enabled:
+            dist.all_reduce(stats)
+        return (stats[0] / stats[1]).item()
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_dataset(unwrap(self.model), self.eval_ds, self.mean, self.std,
+                                batch_size=max(self.cfg.batch_size, 256), precision=self.precision,
+                                workers=self.cfg.workers)
+
+    def _save_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> None:
+        row = {"epoch": epoch + 1, "step": self.progress["step"], "train_loss": train_loss,
+               "eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+               "train_seconds": self.progress["train_seconds"]}
+        self.progress["history"].append(row)
+        self.progress["epoch"] = epoch + 1
+        summary = {k: row[k] for k in ("epoch", "eval_top1", "eval_top5", "eval_loss")}
+        save_checkpoint(self.out, self.model, self.meta(metrics=summary))
+        if metrics["top1"] > self.progress["best_top1"]:
+            self.progress["best_top1"] = metrics["top1"]
+            save_checkpoint(self.out / "best", self.model, self.meta(metrics=summary))
+        lines = "".join(json.dumps(h) + "\n" for h in self.progress["history"])
+        atomic_write(self.out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
+        plot_curves(self.progress["history"], self.out / "curves.png")
+        # Written last: once this lands, the epoch is complete on disk.
+        save_train_state(self.out, {"model": unwrap(self.model).state_dict(),
+                                    "optimizer": self.optimizer.state_dict(), "progress": self.progress,
+                                    "config": self.cfg.to_dict()})
+        _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  "
+                        f"eval top-1 {100 * metrics['top1']:.2f}%  ({seconds:.0f}s)")
+
+    def fit(self) -> dict[str, Any]:
+        wall = time.perf_counter()
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _log(self.info, f"training {self.cfg.model} ({count_params(self.model) / 1e6:.2f}M params) on "
+                            f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, "
+                            f"{self.precision}, {self.info.world_size} process(es), {torch.get_num_threads()} threads")
+        for epoch in range(self.progress["epoch"], self.cfg.epochs):
+            start = time.perf_counter()
+            train_loss = self.train_one_epoch(epoch)
+            seconds = time.perf_counter() - start
+            self.progress["train_seconds"] += seconds
+            if self.info.is_main:
+                self._save_epoch(epoch, train_loss, self.evaluate(), seconds)
+            barrier(self.info)
+        result = self.final_report(time.perf_counter() - wall) if self.info.is_main else {}
+        barrier(self.info)
+        shutdown(self.info)
+        return result
+
+    def final_report(self, wall_seconds: float) -> dict[str, Any]:
+        """eval.json + confusion.png for the last model on the held-out split."""
+        metrics = self.evaluate()
+        report = {"model": self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
+                  "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
+                  "processes": self.info.world_size, "threads": torch.get_num_threads(),
+                  "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,
+                  **metrics}
+        write_json(self.out / "eval.json", report)
+        plot_confusion(metrics["confusion"], self.classes, self.out / "confusion.png")
+        _log(self.info, f"done: top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+                        f"training {self.progress['train_seconds']:.0f}s -> {self.out}")
+        return report
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run described by ``cfg``; returns the final report on rank 0."""
+    return Trainer(cfg, resume=resume).fit()

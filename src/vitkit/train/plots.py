@@ -1,0 +1,48 @@
+"""PNG figures of a run: loss/accuracy curves and the confusion matrix."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["eval_loss"] for h in history], "o-", label="eval")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * h["eval_top1"] for h in history], "o-", color="C2")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="eval accuracy")
+    ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> None:
+    cm = np.asarray(confusion, dtype=float)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(classes)
+    size = max(5.0, 0.55 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised colour, counts)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""Model math: shapes, parameter counts, attention, pooling, timm parity."""
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.models import Attention, DropPath, VisionTransformer, model_param_count, resample_abs_pos_embed
+
+TINY = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10)
+
+
+@pytest.mark.parametrize("name,count", [
+    ("vit_base_patch16_224", 86_567_656),
+    ("vit_large_patch16_224", 304_326_632),
+    ("vit_huge_patch14_224", 630_764_800),  # timm registers H/14 without a head
+])
+def test_param_counts_equal_timm(name, count):
+    assert model_param_count(name) == count
+
+
+def test_registry_names_and_errors():
+    names = vitkit.list_models("vit_*")
+    for n in ["vit_tiny_patch16_224", "vit_small_patch32_384", "vit_base_patch8_224", "vit_large_patch14_224",
+              "vit_mini_patch4_28"]:
+        assert n in names
+    assert vitkit.list_models("vit_base*") == sorted(n for n in names if n.startswith("vit_base"))
+    with pytest.raises(ValueError, match="unknown model"):
+        vitkit.create_model("vit_enormous_patch3_1")
+
+
+def test_forward_shapes_and_api():
+    m = vitkit.create_model("vit_mini_patch4_28", num_classes=7)
+    x = torch.randn(3, 1, 28, 28)
+    feats = m.forward_features(x)
+    assert feats.shape == (3, 1 + 49, 128)
+    assert m.forward_head(feats, pre_logits=True).shape == (3, 128)
+    assert m(x).shape == (3, 7)
+    m.reset_classifier(4, zero_init=True)
+    assert torch.equal(m(x), torch.zeros(3, 4))  # the paper's zero-initialised fine-tuning head
+    m.reset_classifier(0)
+    assert m(x).shape == (3, 128)
+
+
+def test_wrong_input_is_a_clear_error():
+    m = vitkit.create_model("vit_mini_patch4_28")
+    with pytest.raises(ValueError, match="1 input channels, got 3"):
+        m(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="28x28 input, got 32x32"):
+        m(torch.randn(1, 1, 32, 32))
+
+
+def _manual_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√d)V written out from the module's weights, head by head."""
+    b, n, c = x.shape
+    h, d = attn.num_heads, c // attn.num_heads
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(c, dim=-1)
+    outs = []
+    for i in range(h):
+        qi, ki, vi = (t[..., i * d:(i + 1) * d] for t in (q, k, v))
+        w = torch.exp(qi @ ki.transpose(1, 2) / d ** 0.5)
+        outs.append((w / w.sum(-1, keepdim=True)) @ vi)
+    return torch.cat(outs, -1) @ attn.proj.weight.T + attn.proj.bias
+
+
+def test_attention_equals_handwritten_reference():
+    attn = Attention(48, num_heads=3).eval()
+    x = torch.randn(2, 10, 48)
+    ref = _manual_attention(attn, x)
+    with torch.no_grad():
+        fused = attn(x)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    math_path = attn(x.requires_grad_())  # grads on CPU take the explicit path
+    torch.testing.assert_close(math_path.detach(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_hook_sees_probabilities():
+    attn = Attention(32, num_heads=4).eval()
+    seen = []
+    attn.attn_hook = lambda mod, a: seen.append(a)
+    attn(torch.randn(2, 5, 32))
+    (a,) = seen
+    assert a.shape == (2, 4, 5, 5)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 5))
+
+
+def test_class_token_vs_avg_pool():
+    tok = VisionTransformer(**TINY)
+    avg = VisionTransformer(**TINY, class_token=False, global_pool="avg")
+    assert tok.num_prefix_tokens == 1 and avg.num_prefix_tokens == 0
+    assert isinstance(avg.norm, torch.nn.Identity) and isinstance(avg.fc_norm, torch.nn.LayerNorm)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f = avg.forward_features(x)
+        torch.testing.assert_close(avg.forward_head(f, pre_logits=True), avg.fc_norm(f.mean(1)))
+        f = tok.forward_features(x)
+        torch.testing.assert_close(tok.forward_head(f, pre_logits=True), f[:, 0])
+    with pytest.raises(ValueError, match="class_token"):
+        VisionTransformer(**TINY, class_token=False, global_pool="token")
+
+
+def test_pre_logits_head_is_tanh_layer():
+    m = VisionTransformer(**TINY, representation_size=32).eval()
+    assert m.head.in_features == 32 and "pre_logits.fc.weight" in m.state_dict()
+    with torch.no_grad():
+        feats = m.forward_features(torch.randn(2, 3, 32, 32))
+        pre = m.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(pre, torch.tanh(m.pre_logits.fc(feats[:, 0])))
+
+
+def test_drop_path_is_identity_in_eval_and_unbiased_in_train():
+    dp = DropPath(0.3)
+    x = torch.ones(20000, 4)
+    assert torch.equal(dp.eval()(x), x)
+    y = dp.train()(x)
+    kept = (y[:, 0] > 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.02 and torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.7)))
+
+
+def test_stochastic_depth_rates_grow_linearly():
+    m = vitkit.create_model("vit_mini_patch4_28", drop_path_rate=0.25)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in m.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.25)
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("folder,kwargs", [
+    ("a_tiny_cls_token", {}),
+    ("b_tiny_avgpool_noclstoken", dict(class_token=False, global_pool="avg")),
+])
+def test_logits_equal_timm(fixtures_dir, folder, kwargs):
+    m = VisionTransformer(**TINY, **kwargs).eval()
+    m.load_state_dict(load_file(fixtures_dir / folder / "model.safetensors"), strict=True)
+    x = load_file(fixtures_dir / folder / "input.safetensors")["input"]
+    ref = load_file(fixtures_dir / folder / "logits.safetensors")["logits"]
+    with torch.no_grad():
+        assert (m(x) - ref).abs().max() <= 1e-5
+
+
+def test_dynamic_img_size_and_pos_embed_resample_equal_timm(fixtures_dir):
+    f = fixtures_dir / "f_tiny_cls_token_at64"
+    sd = load_file(f / "model.safetensors")
+    x = load_file(f / "input.safetensors")["input"]
+    ref = load_file(f / "logits.safetensors")
+    dyn = VisionTransformer(**TINY, dynamic_img_size=True).eval()
+    dyn.load_state_dict(sd)
+    pos = resample_abs_pos_embed(sd["pos_embed"], (16, 16), num_prefix_tokens=1)
+    torch.testing.assert_close(pos, load_file(f / "pos_embed_16x16.safetensors")["pos_embed"], atol=1e-6, rtol=0)
+    static = VisionTransformer(**{**TINY, "img_size": 64}).eval()
+    static.load_state_dict({**sd, "pos_embed": pos})
+    with torch.no_grad():
+        assert (dyn(x) - ref["logits"]).abs().max() <= 1e-5
+        assert (static(x) - ref["logits_static64"]).abs().max() <= 1e-5
+
+
+def test_non_square_grid_resample_keeps_prefix():
+    pos = torch.randn(1, 1 + 4 * 6, 8)
+    out = resample_abs_pos_embed(pos, (8, 3), old_size=(4, 6))
+    assert out.shape == (1, 1 + 24, 8)
+    assert torch.equal(out[:, :1], pos[:, :1])
+    assert torch.equal(resample_abs_pos_embed(pos, (4, 6), old_size=(4, 6)), pos)
