@@ -1,0 +1,69 @@
+"""Data: datasets by name, image decoding, batch transforms and deterministic loaders.
+
+``load_dataset("fashion-mnist" | "digits" | "folder:/path", split)`` returns an
+``ImageDataset`` whose items are uint8 [C,H,W] at the requested size and channel count;
+``make_loader`` batches it; ``normalize`` turns a uint8 batch into the model's input.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import VitkitError
+from . import digits, fashion_mnist
+from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized
+from .folder import load_folder
+from .images import IMAGE_EXTENSIONS, open_image
+from .loader import ShardSampler, make_loader
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, match_channels, match_stats, normalize, random_crop_flip,
+                         resize_center_crop, resize_images)
+
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion-mnist": (fashion_mnist.MEAN, fashion_mnist.STD),
+    "digits": (digits.MEAN, digits.STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+"""(mean, std) per channel, in the dataset's own channel count; folders use "imagenet"."""
+
+DATASETS = ("fashion-mnist", "digits", "folder:PATH")
+SPLITS = ("train", "test", "val")
+
+
+def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = None, img_size: int | None = None,
+                 in_chans: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+                 download: bool = True) -> ImageDataset:
+    """A split of a named dataset, at ``img_size`` (default: native, 224 for folders) with
+    ``in_chans`` channels (default: native, 3 for folders).
+
+    "val" and "test" both mean the held-out part; they differ only for a folder that has
+    both val/ and test/ sub-folders. ``val_fraction`` and ``seed`` only apply to folders
+    without such sub-folders; the built-in datasets have fixed splits.
+    """
+    if split not in SPLITS:
+        raise VitkitError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if in_chans is not None and in_chans not in (1, 3):
+        raise VitkitError(f"in_chans must be 1 or 3, got {in_chans}")
+    if img_size is not None and img_size < 1:
+        raise VitkitError(f"img_size must be positive, got {img_size}")
+    if spec.startswith("folder:"):
+        return load_folder(spec[len("folder:"):], split, img_size=img_size or 224, in_chans=in_chans or 3,
+                           val_fraction=val_fraction, seed=seed)
+    part = "train" if split == "train" else "test"
+    if spec == "fashion-mnist":
+        images, targets = fashion_mnist.load_fashion_mnist(part, data_dir, download)
+        classes = fashion_mnist.CLASSES
+    elif spec == "digits":
+        images, targets = digits.load_digits(part)
+        classes = digits.CLASSES
+    else:
+        hint = f" (for a folder of images write folder:{spec})" if os.path.isdir(spec) else ""
+        raise VitkitError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)}{hint}")
+    c = in_chans or images.shape[1]
+    images = match_channels(resize_images(images, img_size or images.shape[-1]), c)
+    mean, std = DATASET_STATS[spec]
+    return InMemoryDataset(images, targets, classes, match_stats(mean, c), match_stats(std, c), f"{spec}[{split}]")
+
+
+__all__ = ["DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset",
+           "LazyImageDataset", "ShardSampler", "load_dataset", "load_folder", "load_resized", "make_loader",
+           "match_channels", "match_stats", "normalize", "open_image", "random_crop_flip", "resize_center_crop",
+           "resize_images"]

@@ -1,0 +1,169 @@
+"""A folder of images, one sub-folder per class (torchvision's ImageFolder layout).
+
+    root/<class>/<image>                     split by ``val_fraction`` (stratified, seeded)
+    root/train/<class>/<image> + root/val/   (or root/test/) used as the splits as they are
+
+Bad input is reported before training starts, all of it at once: the layout is checked
+while listing files, and folders that fit a memory budget are decoded up front (which
+also makes every epoch after the first free); bigger ones get their headers checked and
+are decoded lazily in DataLoader workers.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import VitkitError
+from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized
+from .images import IMAGE_EXTENSIONS, open_header
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, match_stats
+
+IGNORED_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
+MEMORY_BUDGET_MB = int(os.environ.get("VITKIT_FOLDER_MEMORY_MB", 512))
+"""Splits whose decoded pixels fit in this many MB are decoded once, up front."""
+MAX_LISTED = 10
+
+
+def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_chans: int = 3,
+                val_fraction: float = 0.1, seed: int = 0, memory_budget_mb: int | None = None) -> ImageDataset:
+    """The ``split`` ("train", or "val"/"test" for the held-out part) of an image folder.
+
+    Images are converted to ``in_chans`` channels, their shorter side resized to ``img_size``
+    and center-cropped. Normalisation stats are ImageNet's: these are natural images, and
+    pretrained ViTs expect exactly those.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise VitkitError(f"{root}: dataset folder does not exist" if not root.exists()
+                          else f"{root}: is a file, expected a folder of class sub-folders")
+    if not 0 <= val_fraction < 1:
+        raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if (root / "train").is_dir() and _subdirs(root / "train"):
+        classes, samples = _from_split_dirs(root, split)
+    else:
+        classes, samples = _scan(root)
+        samples = _stratified_part(samples, len(classes), val_fraction, seed, held_out=split != "train")
+        if not samples:
+            raise VitkitError(f"{root}: no held-out images (val_fraction is 0 and there is no val/ or test/ folder)")
+    paths, targets = [p for p, _ in samples], [t for _, t in samples]
+    mean, std = match_stats(IMAGENET_MEAN, in_chans), match_stats(IMAGENET_STD, in_chans)
+    name = f"folder:{root}[{split}]"
+    budget = (MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb) * 2**20
+    if len(paths) * in_chans * img_size**2 <= budget:
+        images = _decode_all(paths, img_size, in_chans, desc=f"decoding {root.name}/ {split}")
+        return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
+    _check_headers(paths)
+    return LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+
+
+def _from_split_dirs(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+    held_out = [d for d in (("test", "val") if split == "test" else ("val", "test")) if (root / d).is_dir()]
+    if not held_out:
+        raise VitkitError(f"{root}: has train/ but no val/ or test/ folder; add one, or put the class "
+                          "folders directly in the root to split by val_fraction")
+    train_classes, train = _scan(root / "train")
+    other_classes, other = _scan(root / held_out[0])
+    if train_classes != other_classes:
+        only_train = ", ".join(sorted(set(train_classes) - set(other_classes))) or "none"
+        only_other = ", ".join(sorted(set(other_classes) - set(train_classes))) or "none"
+        raise VitkitError(f"{root}: class folders of train/ and {held_out[0]}/ differ (only in train/: "
+                          f"{only_train}; only in {held_out[0]}/: {only_other})")
+    return train_classes, train if split == "train" else other
+
+
+def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Sorted class names and (file, label) pairs, sub-folders of a class included; every
+    layout problem is collected and raised together so one run shows them all."""
+    classes = _subdirs(root)
+    if not classes:
+        raise VitkitError(f"{root}: no class folders found (expected {root}/<class name>/<image files>)")
+    samples, empty, unknown = [], [], []
+    for label, name in enumerate(classes):
+        n = len(samples)
+        for dirpath, dirnames, filenames in os.walk(root / name):
+            dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+            for f in sorted(filenames):
+                path = Path(dirpath) / f
+                if _ignored(f):
+                    continue
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    samples.append((path, label))
+                else:
+                    unknown.append(str(path))
+        if len(samples) == n:
+            empty.append(str(root / name))
+    problems = ([f"empty class folder {p}" for p in empty]
+                + [f"{p} (unknown image extension; expected one of {' '.join(IMAGE_EXTENSIONS)})" for p in unknown])
+    if problems:
+        raise VitkitError(_listing(f"{root}: {len(problems)} problem(s) in the dataset folder", problems))
+    return classes, samples
+
+
+def _subdirs(d: Path) -> list[str]:
+    return sorted(e.name for e in d.iterdir() if e.is_dir() and not _ignored(e.name))
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in IGNORED_FILES
+
+
+def _stratified_part(samples: list[tuple[Path, int]], num_classes: int, val_fraction: float, seed: int,
+                     held_out: bool) -> list[tuple[Path, int]]:
+    """Hold out ``val_fraction`` of every class (at least one image of any class with two or
+    more, never all of one), chosen by ``seed``: the split is reproducible and the class
+    balance is the same on both sides."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([t for _, t in samples])
+    chosen = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        n_val = round(len(idx) * val_fraction)
+        if val_fraction > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        perm = rng.permutation(idx)
+        chosen.extend(perm[:n_val] if held_out else perm[n_val:])
+    return [samples[i] for i in sorted(chosen)]
+
+
+def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> torch.Tensor:
+    """All images into one uint8 [N,C,S,S] tensor, in threads (Pillow decodes without the GIL)."""
+    images = torch.empty((len(paths), in_chans, img_size, img_size), dtype=torch.uint8)
+    failures = []
+
+    def decode(i: int) -> None:
+        try:
+            images[i] = load_resized(paths[i], img_size, in_chans)
+        except VitkitError as e:
+            failures.append((i, str(e)))
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, unit="img",
+                      disable=None, leave=False):
+            pass
+    if failures:
+        raise VitkitError(_listing(f"{len(failures)} of {len(paths)} images could not be read",
+                                   [msg for _, msg in sorted(failures)]))
+    return images
+
+
+def _check_headers(paths: list[Path]) -> None:
+    """Without decoding pixels: catches unreadable, empty, unknown-format and oversized files."""
+    failures = []
+    for p in tqdm(paths, desc="checking images", unit="img", disable=None, leave=False):
+        try:
+            open_header(p).close()
+        except VitkitError as e:
+            failures.append(str(e))
+    if failures:
+        raise VitkitError(_listing(f"{len(failures)} of {len(paths)} images could not be read", failures))
+
+
+def _listing(intro: str, items: list[str]) -> str:
+    """One line: the first MAX_LISTED items, then how many more."""
+    more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"{intro}: {'; '.join(items[:MAX_LISTED])}{more}"

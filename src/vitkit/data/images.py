@@ -1,0 +1,123 @@
+"""Opening one image file as an 8-bit "L" or "RGB" picture, whatever its format or mode.
+
+Every problem a user's file can have (missing, not an image, truncated, a decompression
+bomb, an exotic mode) becomes a one-line ``VitkitError`` naming the file, so a bad image is
+reported as such instead of surfacing as a PIL traceback in the middle of training.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import VitkitError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif",
+                                     ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
+
+MAX_IMAGE_PIXELS: int = int(os.environ.get("VITKIT_MAX_IMAGE_PIXELS", 100_000_000))
+"""Images with more pixels are refused (decompression bombs); set VITKIT_MAX_IMAGE_PIXELS to change."""
+
+WHITE = (255, 255, 255)
+
+
+def open_image(path: str | os.PathLike, in_chans: int, *, max_pixels: int | None = None,
+               draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` fully into mode "L" (``in_chans=1``) or "RGB" (``in_chans=3``).
+
+    The whole file is decoded here (``.load()``) so truncation shows up now, with the file
+    named. EXIF orientation is applied because cameras store portraits rotated.
+    ``draft_size`` lets JPEG decode at a reduced scale that is still at least that many pixels
+    per side, which makes decoding big photos for small models several times faster.
+    """
+    if in_chans not in (1, 3):
+        raise VitkitError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
+    path = Path(path)
+    im = open_header(path, max_pixels)
+    try:
+        if draft_size and im.format == "JPEG":
+            im.draft("L" if in_chans == 1 else "RGB", (draft_size, draft_size))
+        im.load()
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+        raise VitkitError(f"{path}: truncated or corrupt image ({type(e).__name__}: {e})") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not lose an otherwise good picture
+        pass
+    try:
+        return _to_mode(im, "L" if in_chans == 1 else "RGB")
+    except ValueError as e:
+        raise VitkitError(f"{path}: cannot convert image mode {im.mode} to 8-bit ({e})") from None
+
+
+def open_header(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Open ``path`` reading only its header: catches missing, empty, unknown, zero-size and
+    oversized files cheaply, before any pixel is decoded."""
+    path = Path(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if not path.is_file():
+        raise VitkitError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise VitkitError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except UnidentifiedImageError:
+        ext = path.suffix.lower()
+        if ext in IMAGE_EXTENSIONS:
+            raise VitkitError(f"{path}: unreadable image data (corrupt, truncated, or not really a {ext} file)") \
+                from None
+        raise VitkitError(f"{path}: not an image format Pillow can read (extension {ext or 'none'})") from None
+    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
+        raise _too_large(path, str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
+        raise VitkitError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w == 0 or h == 0:
+        raise VitkitError(f"{path}: image has zero size ({w}x{h})")
+    if w * h > limit:
+        raise _too_large(path, f"{w}x{h} = {w * h:,} pixels, limit {limit:,}")
+    return im
+
+
+def _too_large(path: Path, detail: str) -> VitkitError:
+    return VitkitError(f"{path}: image is too large ({detail}); refusing a possible decompression bomb "
+                       "(raise VITKIT_MAX_IMAGE_PIXELS if the image is genuine)")
+
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """Transparent pixels become white (dropping alpha would expose arbitrary colours); high
+    bit-depth images are scaled to 8 bits rather than clipped, which would saturate them."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _high_depth_to_l(im)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, WHITE + (255,)), rgba).convert("RGB")
+    return im if im.mode == mode else im.convert(mode)
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit modes map 0..65535 to 0..255 (divide by 257). 32-bit "I" is taken as 16-bit data
+    when it fits (that is what 16-bit PNG/TIFF usually decode to), and "F" in [0, 1] is scaled
+    by 255; any other range is stretched from min(0, min) to max, keeping zero black when it can."""
+    a = np.asarray(im).astype(np.float64)
+    lo, hi = (min(float(a.min()), 0.0), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        a = a / 257.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    else:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+
+
+def image_to_tensor(im: Image.Image) -> torch.Tensor:
+    """uint8 [C,H,W] tensor from an "L" or "RGB" image."""
+    a = np.array(im, dtype=np.uint8)  # a writable copy: torch refuses read-only buffers
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(a))

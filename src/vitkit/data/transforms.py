@@ -1,0 +1,114 @@
+"""Image transforms: per-image PIL resizing for folders, and whole-batch tensor operations.
+
+Augmentation works on uint8 batches after loading, so datasets stay deterministic (and can
+be decoded once, up front) while every epoch still sees fresh crops and flips.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``, then the central ``size`` x ``size`` square (the usual eval
+    transform): no distortion of the aspect ratio, at the cost of the borders."""
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return im.crop((left, top, left + size, top + size))
+
+
+def resize_images(x: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    """Resize a uint8 [N,C,H,W] tensor to ``size`` x ``size`` (bicubic, antialiased when
+    shrinking), in chunks so the float copy never holds the whole dataset."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    antialias = size < max(x.shape[-2:])
+    for i in range(0, x.shape[0], chunk):
+        y = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bicubic", align_corners=False,
+                          antialias=antialias)
+        out[i:i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Gray -> RGB is a broadcast view (no memory); RGB -> gray uses ITU-R 601 luma as PIL does."""
+    c = x.shape[-3]
+    if c == in_chans:
+        return x
+    if c == 1:
+        return x.expand(*x.shape[:-3], in_chans, *x.shape[-2:])
+    if c == 3 and in_chans == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        return (x.float() * w).sum(-3, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise ValueError(f"cannot convert {c} channels to {in_chans}")
+
+
+def match_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``in_chans`` channels: repeated from gray, averaged from RGB."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    return (sum(values) / len(values),) * in_chans
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [..., C, H, W] -> float32 ((x / 255) - mean) / std, in one fused multiply-add."""
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return torch.addcmul(-m / s, x.float(), 1.0 / (255.0 * s))
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None,
+                     pad_mode: Literal["reflect", "zeros"] = "reflect") -> torch.Tensor:
+    """Pad each image by ``padding``, crop a random window of the original size, and mirror
+    half of the images horizontally; one random draw per sample, the same for its channels.
+
+    Rather than padding the batch, each output pixel's source index is computed (with
+    reflection folded in) and gathered in one call, so it works for any dtype and never
+    loops over images.
+    """
+    b, c, h, w = x.shape
+    if b == 0 or (padding <= 0 and not flip):
+        return x
+    p = max(int(padding), 0)
+    dy = torch.randint(0, 2 * p + 1, (b, 1), generator=generator) - p
+    dx = torch.randint(0, 2 * p + 1, (b, 1), generator=generator) - p
+    cols = torch.arange(w).expand(b, w)
+    if flip:
+        mirrored = torch.rand(b, 1, generator=generator) < 0.5
+        cols = torch.where(mirrored, w - 1 - cols, cols)
+    rows, row_ok = _source_index(torch.arange(h) + dy, h, pad_mode)
+    cols, col_ok = _source_index(cols + dx, w, pad_mode)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    out = torch.gather(x.reshape(b, c, h * w), 2, index).view(b, c, h, w)
+    if pad_mode == "zeros":
+        out = out * (row_ok[:, :, None] & col_ok[:, None, :]).view(b, 1, h, w).to(x.dtype)
+    return out
+
+
+def _source_index(i: torch.Tensor, n: int, pad_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map padded coordinates to source ones: mirror without repeating the edge (as
+    ``F.pad(mode="reflect")``), or clamp and flag the out-of-range ones for zeroing."""
+    inside = (i >= 0) & (i < n)
+    if pad_mode == "zeros":
+        return i.clamp(0, n - 1), inside
+    if pad_mode != "reflect":
+        raise ValueError(f"pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
+    if n == 1:
+        return torch.zeros_like(i), inside
+    period = 2 * (n - 1)
+    i = i.abs() % period
+    return torch.where(i >= n, period - i, i), inside
