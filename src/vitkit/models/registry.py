@@ -7,6 +7,7 @@ that define it. ``create_model(name, **overrides)`` merges the overrides on top,
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,12 +53,19 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r} (see `vitkit models`){hint}") from None
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str | None = None, checkpoint: str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace the named configuration's keyword arguments.
 
-    The resulting model remembers ``model_name`` and ``model_kwargs`` (the full merged
-    keyword arguments) so that a checkpoint can rebuild it exactly.
+    With ``checkpoint`` (a file or folder in any layout ``vitkit.weights`` reads) the
+    architecture comes from the weights, which are loaded; ``name`` then only fills in
+    what the weights cannot tell. The resulting model remembers ``model_name`` and
+    ``model_kwargs`` (the full merged keyword arguments) so that a checkpoint can rebuild it exactly.
     """
+    if checkpoint is not None:
+        from ..weights import load_model  # weights builds on models, so import on use
+        return load_model(checkpoint, name, **overrides)
+    if name is None:
+        raise ValueError("create_model needs a model name or a checkpoint")
     spec = get_model_spec(name)
     kwargs = {**spec.kwargs, **overrides}
     try:

@@ -1,0 +1,102 @@
+"""Turn a :class:`Checkpoint` into a model: settle the architecture, fit the tensors, load strictly.
+
+Precedence, lowest first: the registry name's configuration (fills what weights cannot
+tell, such as the head count), what the tensors show, what the file states
+(``Checkpoint.kwargs``), then the caller's overrides. Overrides that change the
+geometry resample the embeddings; a different ``num_classes`` drops the stored head
+and keeps the fresh one (fine-tuning on new classes), as timm does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import VitkitError
+from ..models import VisionTransformer, create_model, get_model_spec, resample_abs_pos_embed
+from ..models.layers import to_2tuple
+from .checkpoint import Checkpoint
+from .files import StateDict
+from .infer import default_num_heads, infer_kwargs
+from .resample import resample_patch_embed
+
+
+def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> nn.Module:
+    """The loaded model; ``model.checkpoint_meta`` keeps the file's class names, mean/std and origin."""
+    name = name or ckpt.model_name
+    try:
+        base = dict(get_model_spec(name).kwargs) if name else {}
+    except ValueError as e:
+        raise VitkitError(str(e)) from None
+    native = {**base, **infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    kwargs = {**native, **overrides}
+    if "num_heads" not in kwargs:
+        kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
+    sd = fit_state_dict(ckpt, native, kwargs)
+    model = _construct(name, kwargs, ckpt.source)
+    load_strict(model, sd, ckpt.source, optional=("head.",) if "head.weight" not in sd else ())
+    model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
+    return model
+
+
+def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Module:
+    try:
+        if name:
+            return create_model(name, **kwargs)
+        model = VisionTransformer(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise VitkitError(f"{source}: cannot build the model ({e})") from None
+    model.model_name, model.model_kwargs = None, kwargs
+    return model
+
+
+def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any]) -> StateDict:
+    """The checkpoint's tensors, resampled to the requested patch size and grid, head dropped if resized."""
+    sd = dict(ckpt.state_dict)
+    if kwargs.get("num_classes", 0) != native.get("num_classes", 0):
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    patch = to_2tuple(kwargs["patch_size"])
+    if patch != to_2tuple(native["patch_size"]):
+        sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
+    prefix = int(kwargs.get("class_token", True))
+    old_grid = _stored_grid(sd, native, prefix, ckpt.source)
+    new_grid = _grid(kwargs, ckpt.source)
+    if old_grid is None:  # not square and the file does not say: the requested size must match
+        old_grid = new_grid
+    sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_grid, old_grid, prefix)
+    return sd
+
+
+def _grid(kwargs: dict[str, Any], source: str) -> tuple[int, int]:
+    if "img_size" not in kwargs:
+        raise VitkitError(f"{source}: the position embeddings do not form a square grid; pass img_size=(H, W)")
+    (h, w), (ph, pw) = to_2tuple(kwargs["img_size"]), to_2tuple(kwargs["patch_size"])
+    return h // ph, w // pw
+
+
+def _stored_grid(sd: StateDict, native: dict[str, Any], prefix: int, source: str) -> tuple[int, int] | None:
+    if "img_size" not in native:
+        return None
+    grid = _grid(native, source)
+    if grid[0] * grid[1] + prefix != sd["pos_embed"].shape[1]:
+        raise VitkitError(f"{source}: tensor pos_embed has shape {tuple(sd['pos_embed'].shape)}, which does not "
+                          f"fit a {grid[0]}x{grid[1]} patch grid + {prefix} prefix token(s); pass img_size")
+    return grid
+
+
+def load_strict(model: nn.Module, sd: StateDict, source: str, optional: tuple[str, ...] = ()) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file, the tensor and both shapes."""
+    expected = model.state_dict()
+    for key, want in expected.items():
+        if key in sd and sd[key].shape != want.shape:
+            raise VitkitError(f"{source}: tensor {key} has shape {tuple(sd[key].shape)} in the file but "
+                              f"{tuple(want.shape)} in the model")
+    unexpected = [k for k in sd if k not in expected]
+    if unexpected:
+        raise VitkitError(f"{source}: tensor {unexpected[0]} {tuple(sd[unexpected[0]].shape)} has no place in "
+                          "the model (an unsupported ViT variant?)")
+    missing = [k for k in expected if k not in sd and not k.startswith(optional)]
+    if missing:
+        raise VitkitError(f"{source}: missing tensor {missing[0]} {tuple(expected[missing[0]].shape)}"
+                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    model.load_state_dict(sd, strict=False)

@@ -1,0 +1,167 @@
+"""Hugging Face ``ViTModel`` / ``ViTForImageClassification`` folders, both ways.
+
+HF keeps query/key/value as three Linear layers and its LayerNorm eps is 1e-12 (timm:
+1e-6), so the eps travels in ``norm_eps``. ``ViTModel``'s pooler (Linear + tanh on the
+[class] token) is exactly timm's pre-logits layer. ``ViTForImageClassification`` never
+uses a pooler, so one stored beside a classifier is dropped, as HF itself does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import VitkitError
+from ..fileio import atomic_write, write_json
+from .checkpoint import Checkpoint
+from .files import StateDict, read_json, read_tensors
+from .keymap import Table, fuse_qkv, rename, split_qkv
+
+_LAYER = "encoder.layer.{i}."
+TABLE: Table = [
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection", "patch_embed.proj"),
+    (_LAYER + "layernorm_before", "blocks.{i}.norm1"),
+    (_LAYER + "attention.attention.query", "blocks.{i}.attn.q"),
+    (_LAYER + "attention.attention.key", "blocks.{i}.attn.k"),
+    (_LAYER + "attention.attention.value", "blocks.{i}.attn.v"),
+    (_LAYER + "attention.output.dense", "blocks.{i}.attn.proj"),
+    (_LAYER + "layernorm_after", "blocks.{i}.norm2"),
+    (_LAYER + "intermediate.dense", "blocks.{i}.mlp.fc1"),
+    (_LAYER + "output.dense", "blocks.{i}.mlp.fc2"),
+    ("layernorm", "norm"),
+    ("pooler.dense", "pre_logits.fc"),
+    # transformers >= 5 names in memory (files still use the names above); read only
+    ("layers.{i}.layernorm_before", "blocks.{i}.norm1"),
+    ("layers.{i}.attention.q_proj", "blocks.{i}.attn.q"),
+    ("layers.{i}.attention.k_proj", "blocks.{i}.attn.k"),
+    ("layers.{i}.attention.v_proj", "blocks.{i}.attn.v"),
+    ("layers.{i}.attention.o_proj", "blocks.{i}.attn.proj"),
+    ("layers.{i}.layernorm_after", "blocks.{i}.norm2"),
+    ("layers.{i}.mlp.fc1", "blocks.{i}.mlp.fc1"),
+    ("layers.{i}.mlp.fc2", "blocks.{i}.mlp.fc2"),
+]
+CLASSIFIER_TABLE: Table = [("vit." + a, b) for a, b in TABLE] + [("classifier", "head")]
+_DROPPED = ("embeddings.mask_token", "vit.embeddings.mask_token")  # only used for masked-image pretraining
+
+
+def is_hf(sd: StateDict) -> bool:
+    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in sd)
+
+
+def read_folder(folder: Path) -> Checkpoint:
+    """A ``save_pretrained`` folder: config.json plus model.safetensors or pytorch_model.bin (sharded or not)."""
+    config = read_json(folder / "config.json")
+    _check_config(config, str(folder))  # before reading weights that could not be used
+    return from_state_dict(_read_weights(folder), str(folder), config, _preprocessing(folder))
+
+
+def _read_weights(folder: Path) -> StateDict:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return read_tensors(folder / name)
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            return {k: v for shard in shards for k, v in read_tensors(folder / shard).items()}
+    raise VitkitError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
+
+
+def _preprocessing(folder: Path) -> dict[str, Any]:
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    cfg = read_json(path)
+    return {k: cfg[f"image_{k}"] for k in ("mean", "std") if f"image_{k}" in cfg}
+
+
+def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = None,
+                    meta: dict[str, Any] | None = None) -> Checkpoint:
+    config = config or {}
+    _check_config(config, source)
+    has_head = "classifier.weight" in sd
+    sd = {k: v for k, v in sd.items() if not (k.startswith(_DROPPED) or has_head and "pooler." in k)}
+    renamed, unknown = rename(sd, CLASSIFIER_TABLE if any(k.startswith("vit.") for k in sd) else TABLE)
+    if unknown:
+        raise VitkitError(f"{source}: tensor {unknown[0]} is not part of a ViT (unsupported HF variant?)")
+    labels = config.get("id2label") or {}
+    meta = dict(meta or {})
+    if has_head and labels:
+        meta["classes"] = [labels[k] for k in sorted(labels, key=int)]
+    return Checkpoint(fuse_qkv(renamed), source, "hf", _kwargs(config), meta=meta)
+
+
+def _check_config(config: dict[str, Any], source: str) -> None:
+    if config.get("model_type", "vit") != "vit":
+        raise VitkitError(f"{source}: model_type {config['model_type']!r} is not supported yet (only 'vit')")
+    for key, want in (("hidden_act", "gelu"), ("pooler_act", "tanh")):
+        if config.get(key, want) != want:
+            raise VitkitError(f"{source}: config {key}={config[key]!r} is not supported (only {want!r})")
+
+
+def _kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    names = {"num_attention_heads": "num_heads", "layer_norm_eps": "norm_eps", "image_size": "img_size"}
+    kwargs = {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
+    if isinstance(kwargs.get("img_size"), list):
+        kwargs["img_size"] = tuple(kwargs["img_size"])
+    return kwargs
+
+
+def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = None) -> Path:
+    """Write a folder that ``transformers.ViTForImageClassification.from_pretrained`` loads
+    (``ViTModel`` for a model without a head); class names default to the checkpoint's."""
+    from safetensors.torch import save_file
+    classes = classes or getattr(model, "checkpoint_meta", {}).get("classes")
+    if classes is not None and len(classes) != model.num_classes:
+        raise VitkitError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    sd, config = to_hf(model, classes)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    write_json(folder / "config.json", config)
+    return folder
+
+
+def to_hf(model: nn.Module, classes: list[str] | None = None) -> tuple[StateDict, dict[str, Any]]:
+    """The model's tensors with HF names, and the matching config.json content."""
+    _check_exportable(model)
+    sd = split_qkv({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    with_head = model.num_classes > 0
+    sd, _ = rename(sd, CLASSIFIER_TABLE if with_head else TABLE, reverse=True)
+    return sd, _config(model, classes if with_head else None)
+
+
+def _check_exportable(model: nn.Module) -> None:
+    reasons = {
+        "it pools by averaging (HF ViT uses the [class] token)": getattr(model, "global_pool", "") != "token",
+        "it has LayerScale (ls1/ls2)": not isinstance(model.blocks[0].ls1, nn.Identity),
+        "it has a pre-logits layer and a head (HF's ViTForImageClassification has no pooler)":
+            model.num_classes > 0 and not isinstance(model.pre_logits, nn.Identity),
+    }
+    for reason, bad in reasons.items():
+        if bad:
+            raise VitkitError(f"cannot export to Hugging Face ViT: {reason}")
+
+
+def _config(model: nn.Module, classes: list[str] | None) -> dict[str, Any]:
+    block, embed = model.blocks[0], model.patch_embed
+    config = {
+        "architectures": ["ViTForImageClassification" if model.num_classes > 0 else "ViTModel"],
+        "model_type": "vit", "hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
+        "num_attention_heads": block.attn.num_heads, "intermediate_size": block.mlp.fc1.out_features,
+        "hidden_act": "gelu", "layer_norm_eps": block.norm1.eps, "qkv_bias": block.attn.qkv.bias is not None,
+        "image_size": _square(embed.img_size), "patch_size": _square(embed.patch_size),
+        "num_channels": embed.proj.in_channels, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "pooler_act": "tanh", "pooler_output_size": model.num_features,
+    }
+    if model.num_classes > 0:
+        names = classes or [f"LABEL_{i}" for i in range(model.num_classes)]
+        config["id2label"] = {str(i): n for i, n in enumerate(names)}
+        config["label2id"] = {n: i for i, n in enumerate(names)}
+    return config
+
+
+def _square(size: tuple[int, int]) -> int | list[int]:
+    return size[0] if size[0] == size[1] else list(size)

@@ -1,0 +1,67 @@
+"""Read a ViT's architecture off its (timm-named) tensors.
+
+Shapes fix the width, depth, patch size, grid, channels, MLP ratio, head and
+pre-logits sizes; the presence of a tensor fixes the options (``cls_token``,
+``fc_norm``, ``attn.qkv.bias``, ``ls1.gamma``). The head count leaves no trace in a
+fused ``qkv`` matrix, so it must come from elsewhere (see :func:`default_num_heads`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import VitkitError
+from .files import StateDict
+
+_REQUIRED = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
+
+
+def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
+    """VisionTransformer keyword arguments that the tensors determine (not ``num_heads``)."""
+    missing = [k for k in _REQUIRED if k not in sd]
+    if missing:
+        raise VitkitError(f"{source}: not a Vision Transformer state dict (no {', '.join(missing)})")
+    if "dist_token" in sd or "head_dist.weight" in sd:
+        raise VitkitError(f"{source}: distilled DeiT checkpoints (dist_token, head_dist) are not supported yet")
+    proj = sd["patch_embed.proj.weight"]
+    dim, in_chans, ph, pw = proj.shape
+    class_token = "cls_token" in sd
+    kwargs: dict[str, Any] = dict(
+        embed_dim=dim, in_chans=in_chans, patch_size=ph if ph == pw else (ph, pw),
+        depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token,
+        init_values=1e-5 if "blocks.0.ls1.gamma" in sd else None,  # any value: gamma is loaded over it
+        num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        representation_size=sd["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in sd else None,
+        **_pooling(sd, class_token))
+    grid = checkpoint_grid(sd, int(class_token))
+    if grid is not None:
+        kwargs["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
+    return kwargs
+
+
+def _pooling(sd: StateDict, class_token: bool) -> dict[str, Any]:
+    """``fc_norm`` means timm's avg pooling; no [class] token means the average of normed tokens (Google's 'gap')."""
+    if "fc_norm.weight" in sd:
+        return dict(global_pool="avg", fc_norm=True)
+    return dict(global_pool="token" if class_token else "avg", fc_norm=False)
+
+
+def checkpoint_grid(sd: StateDict, num_prefix_tokens: int) -> tuple[int, int] | None:
+    """The patch grid the position embeddings were learned for, when square (else unknown)."""
+    n = sd["pos_embed"].shape[1] - num_prefix_tokens
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def default_num_heads(embed_dim: int, source: str) -> int:
+    """Head dim 64, as every ViT/DeiT size in the papers (Ti 3, S 6, B 12, L 16, H 16 heads).
+
+    A wrong guess would load without complaint and give wrong logits, so widths not
+    divisible by 64 are refused rather than guessed.
+    """
+    if embed_dim % 64:
+        raise VitkitError(f"{source}: the weights do not say how many attention heads the model has and width "
+                          f"{embed_dim} is not a multiple of 64; pass num_heads=... or a model name")
+    return embed_dim // 64

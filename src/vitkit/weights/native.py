@@ -1,0 +1,51 @@
+"""vitkit's own checkpoint folder: ``model.safetensors`` (timm names) + ``config.json``.
+
+The config names the registry entry and the full keyword arguments, so loading needs no
+inference at all, and carries what inference needs beside the weights (class names,
+normalisation mean/std). ``"model": null`` marks a model built from inferred keyword
+arguments rather than a registry name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..fileio import write_json
+from .checkpoint import Checkpoint
+from .files import read_json, read_tensors
+from .timm import save_timm
+
+FORMAT = "vitkit"
+
+
+def is_native(config: dict[str, Any]) -> bool:
+    return config.get("format") == FORMAT
+
+
+def read_folder(folder: Path) -> Checkpoint:
+    config = read_json(folder / "config.json")
+    meta = {k: v for k, v in config.items() if k not in ("format", "model", "model_kwargs")}
+    kwargs = dict(config.get("model_kwargs") or {})
+    for key in ("img_size", "patch_size"):  # JSON turns tuples into lists
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    return Checkpoint(read_tensors(folder / "model.safetensors"), str(folder), FORMAT, kwargs,
+                      config.get("model"), meta)
+
+
+def save_vitkit(model: nn.Module, folder: str | Path, **meta: Any) -> Path:
+    """Write a checkpoint folder; ``meta`` (e.g. ``classes``, ``mean``, ``std``) goes into config.json."""
+    folder = Path(folder)
+    save_timm(model, folder / "model.safetensors")
+    kwargs = getattr(model, "model_kwargs", None) or _unstated_kwargs(model)
+    config = {"format": FORMAT, "model": getattr(model, "model_name", None), "model_kwargs": kwargs, **meta}
+    write_json(folder / "config.json", config)
+    return folder
+
+
+def _unstated_kwargs(model: nn.Module) -> dict[str, Any]:
+    """For a model built by hand: what its tensors alone would not tell a reader."""
+    block = model.blocks[0]
+    return {"num_heads": block.attn.num_heads, "norm_eps": block.norm1.eps}

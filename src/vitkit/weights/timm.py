@@ -1,0 +1,33 @@
+"""timm's own layout: vitkit's parameter names are timm's, so reading is validation and
+writing is a plain state dict (safetensors, or a pickle for ``.pth``/``.pt``/``.bin``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..fileio import atomic_write
+from .checkpoint import Checkpoint
+from .files import StateDict
+
+
+def is_timm(sd: StateDict) -> bool:
+    return "patch_embed.proj.weight" in sd
+
+
+def from_state_dict(sd: StateDict, source: str) -> Checkpoint:
+    """Tensors vitkit lacks (register tokens, attention-pool heads) are left in, so loading names them."""
+    return Checkpoint(dict(sd), source, "timm")
+
+
+def save_timm(model: nn.Module, path: str | Path) -> Path:
+    """Write the model's weights under timm's names, for ``timm`` or any tool that reads its state dicts."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return atomic_write(path, lambda tmp: torch.save(sd, tmp))
+    from safetensors.torch import save_file
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
