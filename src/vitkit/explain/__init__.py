@@ -1,0 +1,16 @@
+"""Explain a Vision Transformer: where it attends, and what its embeddings learned.
+
+* :func:`attention_rollout`, :func:`class_attention`, :func:`attention_maps`: per-image
+  attention, captured with :func:`record_attention` (hooks live only inside the block).
+* :func:`mean_attention_distance`: how far each head looks, per layer (ViT Fig. 7 right).
+* :func:`filter_components`, :func:`pos_embed_similarity`: the embedding layers (Fig. 7 left, centre).
+* :func:`explain_images`, :func:`attention_distance_figure`: PNGs and a self-contained HTML report.
+"""
+from .attention import attention_maps, attention_rollout, class_attention, record_attention, rollout
+from .distance import attention_distance, mean_attention_distance, patch_distances
+from .embeddings import filter_components, pos_embed_similarity
+from .pipeline import attention_distance_figure, explain_images, model_figures
+
+__all__ = ["attention_distance", "attention_distance_figure", "attention_maps", "attention_rollout",
+           "class_attention", "explain_images", "filter_components", "mean_attention_distance", "model_figures",
+           "patch_distances", "pos_embed_similarity", "record_attention", "rollout"]

@@ -1,0 +1,90 @@
+"""What the explain tools need to know about a model's token layout, checked once.
+
+Every analysis here reads attention over the token sequence ``[prefix tokens, patch
+tokens]``; these helpers find the attention layers, turn an input shape into its patch
+grid, and decide which query row stands for "what the classifier looks at". Problems a
+user can fix (an image the model cannot take, a layer or token that does not exist) are
+raised as :class:`~vitkit.errors.VitkitError` before any work is done.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import VitkitError
+from ..models.layers import Attention
+
+
+def attention_modules(model: nn.Module) -> list[Attention]:
+    """The model's attention layers in forward order (one per Transformer block)."""
+    mods = [m for m in model.modules() if isinstance(m, Attention)]
+    if not mods:
+        raise VitkitError(f"{type(model).__name__} has no vitkit Attention layers to explain")
+    return mods
+
+
+def num_prefix_tokens(model: nn.Module) -> int:
+    return int(getattr(model, "num_prefix_tokens", 0))
+
+
+def patch_size(model: nn.Module) -> tuple[int, int]:
+    return tuple(model.patch_embed.patch_size)  # type: ignore[return-value]
+
+
+def input_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Check that the model can take ``x`` [B, C, H, W] and return its patch grid (H/P, W/P).
+
+    The grid comes from the input, not the model's default, so ``dynamic_img_size``
+    models can be explained at any size they accept.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise VitkitError(f"expected a batch of images [B, C, H, W], got {shape}")
+    _, c, h, w = x.shape
+    pe = model.patch_embed
+    if c != pe.proj.in_channels:
+        raise VitkitError(f"model expects {pe.proj.in_channels}-channel images, got {c} channels")
+    ph, pw = patch_size(model)
+    if not getattr(model, "dynamic_img_size", False) and (h, w) != tuple(pe.img_size):
+        raise VitkitError(f"model expects {pe.img_size[0]}x{pe.img_size[1]} images, got {h}x{w}")
+    if h % ph or w % pw:
+        raise VitkitError(f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}")
+    return h // ph, w // pw
+
+
+def resolve_layers(model: nn.Module, layers: int | Sequence[int] | None) -> list[int]:
+    """Layer indices (negative ones count from the end) -> sorted, checked, non-negative."""
+    depth = len(attention_modules(model))
+    if layers is None:
+        return list(range(depth))
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    out = []
+    for i in wanted:
+        if not -depth <= int(i) < depth:
+            raise VitkitError(f"layer {i} is out of range: the model has {depth} layers (0 to {depth - 1})")
+        out.append(int(i) % depth)
+    return sorted(set(out))
+
+
+def resolve_token(model: nn.Module, token: int | None) -> int | None:
+    """The query row that stands for the model's prediction; ``None`` means the mean of patch rows.
+
+    ``None`` follows the head: the [class] token (row 0) for ``global_pool='token'``, the
+    mean over patch queries for ``'avg'`` (the pooled feature is the mean of patch
+    tokens). An int picks a prefix token, e.g. 1 for a distilled DeiT's distillation token.
+    """
+    prefix = num_prefix_tokens(model)
+    if token is None:
+        return 0 if getattr(model, "global_pool", "token") == "token" and prefix else None
+    if not 0 <= token < prefix:
+        valid = f"0 to {prefix - 1}" if prefix else "none: it has no prefix tokens, use token=None"
+        raise VitkitError(f"token {token} is not a prefix token of this model (valid: {valid})")
+    return token
+
+
+def query_row(mat: torch.Tensor, prefix: int, token: int | None) -> torch.Tensor:
+    """[..., N, N] -> [..., patches]: one query's weights over the patch keys (prefix keys dropped)."""
+    rows = mat[..., token, :] if token is not None else mat[..., prefix:, :].mean(dim=-2)
+    return rows[..., prefix:]
