@@ -15,9 +15,12 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e .
 
+# vit-pytorch (a benchmark peer) pulls torchvision, whose wheels do not work with this CPU torch and
+# break `import transformers`; vitkit needs neither, so it is removed again.
 setup-test: $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 
 # Fashion-MNIST from Debian when we may install packages; otherwise vitkit downloads it (with MD5 checks).
 data:

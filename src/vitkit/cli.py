@@ -75,7 +75,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .train import evaluate_dataset, load_checkpoint, resolve_precision
-    from .train.checkpoint import write_json
+    from .fileio import write_json
     from .train.plots import plot_confusion
 
     model, cfg = load_checkpoint(args.checkpoint)

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from ..data import load_dataset, make_loader, normalize, random_crop_flip
 from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
-from .checkpoint import (load_train_state, save_checkpoint, save_train_state, unwrap, write_json, atomic_write,
-                         STATE_NAME)
+from ..fileio import write_json, write_text
+from .checkpoint import STATE_NAME, load_train_state, save_checkpoint, save_train_state, unwrap
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
-from .evaluate import classification_metrics, evaluate_dataset, predict_logits
+from .evaluate import evaluate_dataset
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
 from .precision import autocast, resolve_precision
@@ -143,7 +143,7 @@ class Trainer:
                 if not torch.isfinite(torch.tensor(value)):
                     raise VitkitError(f"training diverged: loss is {value} at step {self.progress['step']}; "
                                       "lower --lr or raise --warmup-epochs")
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
         stats = torch.stack([loss_sum, torch.tensor(float(n))])
         if self.info.enabled:
             dist.all_reduce(stats)
@@ -167,7 +167,7 @@ class Trainer:
             self.progress["best_top1"] = metrics["top1"]
             save_checkpoint(self.out / "best", self.model, self.meta(metrics=summary))
         lines = "".join(json.dumps(h) + "\n" for h in self.progress["history"])
-        atomic_write(self.out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
+        write_text(self.out / "metrics.jsonl", lines)
         plot_curves(self.progress["history"], self.out / "curves.png")
         # Written last: once this lands, the epoch is complete on disk.
         save_train_state(self.out, {"model": unwrap(self.model).state_dict(),

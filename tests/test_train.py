@@ -1,0 +1,114 @@
+"""Training engine: learning, resume == uninterrupted, checkpoints, schedule, parameter groups."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.errors import VitkitError
+from vitkit.train import TrainConfig, Trainer, load_checkpoint, train
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+from vitkit.train.optim import cosine_lr, param_groups
+
+# A ViT small enough to train on scikit-learn digits (8x8 upsampled to 16x16) in seconds.
+DIGITS_MODEL = dict(img_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def digits_config(out: Path, **kw) -> TrainConfig:
+    base = dict(model="vit_mini_patch4_28", dataset="digits", output=str(out), epochs=3, batch_size=32, lr=3e-3,
+                warmup_epochs=0.5, precision="fp32", model_kwargs=DIGITS_MODEL, drop_path_rate=0.0, log_every=5,
+                hflip=False, crop_padding=0, label_smoothing=0.0)
+    return TrainConfig.from_dict({**base, **kw})
+
+
+def test_training_on_digits_learns(tmp_path):
+    report = train(digits_config(tmp_path, epochs=8))
+    assert report["top1"] > 0.75  # chance is 0.10
+    assert report["train_seconds"] > 0
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["top1"] == report["top1"] and len(saved["per_class"]) == 10
+    for name in ["model.safetensors", "config.json", "train_state.pt", "metrics.jsonl", "curves.png",
+                 "confusion.png", "best/model.safetensors"]:
+        assert (tmp_path / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert not list(tmp_path.rglob("*.tmp")), "atomic writes leave no temporaries"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = train(digits_config(tmp_path / "full"))
+
+    original = Trainer._save_epoch
+
+    def save_then_die(self, epoch, *args):
+        original(self, epoch, *args)
+        if epoch == 1:  # killed right after epoch 2 reached the disk
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save_epoch", save_then_die)
+    with pytest.raises(Killed):
+        train(digits_config(tmp_path / "cut"))
+    monkeypatch.setattr(Trainer, "_save_epoch", original)
+    resumed = train(digits_config(tmp_path / "cut"), resume=True)
+
+    assert resumed["top1"] == full["top1"] and resumed["loss"] == full["loss"]
+    a, b = load_file(tmp_path / "full" / WEIGHTS_NAME), load_file(tmp_path / "cut" / WEIGHTS_NAME)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_resume_without_state_is_clear_error(tmp_path):
+    with pytest.raises(VitkitError, match="no training state"):
+        train(digits_config(tmp_path), resume=True)
+
+
+def test_checkpoint_for_another_architecture_names_tensor(tmp_path):
+    train(digits_config(tmp_path, epochs=1))
+    model, meta = load_checkpoint(tmp_path)
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["img_size"] == 16
+    cfg = json.loads((tmp_path / CONFIG_NAME).read_text())
+    cfg["model_kwargs"]["embed_dim"] = 32
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(VitkitError, match=r"tensor \S+ has shape \(.*\) in the file but \(.*\) in the model"):
+        load_checkpoint(tmp_path)
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 7\nlr: 0.01\nbatch-size: 32\n")
+    cfg = TrainConfig.from_sources(recipe, lr=0.5, epochs=None)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (7, 0.5, 32)
+    recipe.write_text("epochs: 7\nlearning_rate: 1\n")
+    with pytest.raises(VitkitError, match="unknown training option.*learning_rate"):
+        TrainConfig.from_sources(recipe)
+    with pytest.raises(VitkitError, match="not found"):
+        TrainConfig.from_sources(tmp_path / "missing.yaml")
+
+
+def test_cosine_schedule_with_warmup():
+    lrs = [cosine_lr(s, 100, 10, 1.0, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(b <= a for a, b in zip(lrs[10:], lrs[11:]))
+    assert cosine_lr(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+
+
+def test_no_weight_decay_on_norms_biases_and_tokens():
+    model = vitkit.create_model("vit_mini_patch4_28")
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.bias", "head.bias"} <= skipped
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"blocks.0.attn.qkv.weight", "head.weight", "patch_embed.proj.weight"} <= decayed
+    assert no_decay["weight_decay"] == 0.0
