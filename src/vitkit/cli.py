@@ -182,7 +182,119 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_eval, add_predict, add_models]
+# ---------------------------------------------------------------- explain
+def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], Any, list[Any]]:
+    """Readable images as (paths, uint8 batch, HWC arrays for overlays); unreadable ones are reported
+    on stderr and left out."""
+    import torch
+
+    from .data import load_resized
+
+    good, tensors = [], []
+    for path in paths:
+        try:
+            tensors.append(load_resized(path, cfg["img_size"], cfg["in_chans"]))
+            good.append(path)
+        except VitkitError as e:
+            print(f"error: {e}", file=sys.stderr)
+    if not good:
+        raise VitkitError("none of the images could be read")
+    batch = torch.stack(tensors)
+    originals = [t.permute(1, 2, 0).numpy() for t in tensors]
+    return good, batch, [o[..., 0] if o.shape[2] == 1 else o for o in originals]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .data import load_dataset, make_loader, normalize
+    from .explain import attention_distance_figure, explain_images, model_figures
+    from .inference.predict import expand_inputs
+    from .train import load_checkpoint
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.figure == "attention-distance":
+        if not args.dataset and not cfg.get("dataset"):
+            raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
+        ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
+                          img_size=cfg["img_size"], in_chans=cfg["in_chans"])
+        batches = (normalize(x, cfg["mean"], cfg["std"]) for i, (x, _) in
+                   enumerate(make_loader(ds, 64, shuffle=True, seed=0)) if i * 64 < args.limit)
+        dist = attention_distance_figure(model, batches, out / "attention_distance.png")
+        (out / "attention_distance.json").write_text(json.dumps({"mean_distance_px": dist.tolist()}))
+        print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
+        print(f"figure: {out / 'attention_distance.png'}")
+        return 0
+    if args.figure == "embeddings":
+        for name, path in model_figures(model, out).items():
+            print(f"{name}: {path}")
+        return 0
+    if not args.images:
+        raise VitkitError("give image files or folders to explain, or --figure attention-distance|embeddings")
+    paths, batch, originals = _load_images(expand_inputs(args.images), cfg)
+    result = explain_images(model, normalize(batch, cfg["mean"], cfg["std"]), originals, [str(p) for p in paths],
+                            cfg["classes"], out, token=args.token, head_fusion=args.head_fusion)
+    print(f"report: {result['report']}")
+    return 0 if len(paths) == len(expand_inputs(args.images)) else 1
+
+
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="attention maps, rollout, the ViT paper's figures and an HTML report")
+    p.add_argument("images", nargs="*", metavar="IMG_OR_DIR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="folder for the PNGs and report.html")
+    p.add_argument("--figure", choices=["attention-distance", "embeddings"],
+                   help="a model-level figure instead of per-image explanations")
+    p.add_argument("--dataset", help="for --figure attention-distance (default: the checkpoint's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=1024, help="images averaged for attention distance")
+    p.add_argument("--token", type=int, help="prefix token to explain (default: what the head reads)")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
+    p.set_defaults(func=cmd_explain)
+
+
+# ---------------------------------------------------------------- samples, convert
+def cmd_samples(args: argparse.Namespace) -> int:
+    from .data import load_dataset, save_samples
+
+    ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+    for path in save_samples(ds, args.out, args.count, args.seed):
+        print(path)
+    return 0
+
+
+def add_samples(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("samples", help="write a few dataset images as PNG files")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_samples)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .weights import convert
+
+    print(convert(args.src, args.dst, to=args.to, name=args.model, **_parse_set(args.set)))
+    return 0
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert weights between vitkit, timm, Hugging Face (and read Google .npz)")
+    p.add_argument("src", help="timm .safetensors/.pth, HF folder, Google .npz or vitkit folder")
+    p.add_argument("dst")
+    p.add_argument("--to", default="vitkit", choices=["vitkit", "timm", "hf"])
+    p.add_argument("--model", help="registry name to fill in what the weights cannot tell (e.g. head count)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="timm keyword override, e.g. --set num_heads=6 --set img_size=384")
+    p.set_defaults(func=cmd_convert)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_train, add_eval, add_predict, add_explain, add_models, add_samples, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

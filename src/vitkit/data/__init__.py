@@ -14,6 +14,7 @@ from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resiz
 from .folder import load_folder
 from .images import IMAGE_EXTENSIONS, open_image
 from .loader import ShardSampler, make_loader
+from .samples import save_samples
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, match_channels, match_stats, normalize, random_crop_flip,
                          resize_center_crop, resize_images)
 
@@ -63,7 +64,7 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     return InMemoryDataset(images, targets, classes, match_stats(mean, c), match_stats(std, c), f"{spec}[{split}]")
 
 
-__all__ = ["DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset",
+__all__ = ["save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset",
            "LazyImageDataset", "ShardSampler", "load_dataset", "load_folder", "load_resized", "make_loader",
            "match_channels", "match_stats", "normalize", "open_image", "random_crop_flip", "resize_center_crop",
            "resize_images"]

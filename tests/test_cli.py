@@ -1,0 +1,128 @@
+"""The command line end to end on tiny data, as a user types it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vitkit.cli import main
+
+RECIPE = """\
+model: vit_mini_patch4_28
+dataset: digits
+img_size: 16
+epochs: {epochs}
+batch_size: 32
+lr: 3.0e-3
+warmup_epochs: 0.5
+label_smoothing: 0.0
+drop_path_rate: 0.0
+crop_padding: 0
+hflip: false
+precision: fp32
+model_kwargs: {{patch_size: 4, embed_dim: 64, depth: 2, num_heads: 2, mlp_ratio: 2.0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One trained digits run shared by the CLI tests (about 2 seconds of training)."""
+    root = tmp_path_factory.mktemp("cli")
+    recipe = root / "digits.yaml"
+    recipe.write_text(RECIPE.format(epochs=4))
+    assert main(["train", "--config", str(recipe), "--output", str(root / "run")]) == 0
+    return root / "run"
+
+
+def test_train_leaves_a_complete_run(run_dir):
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert 0.4 < report["top1"] <= 1.0 and report["top1"] <= report["top5"] <= 1.0
+    assert report["train_seconds"] > 0 and report["epochs"] == 4
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["format"] == "vitkit" and config["img_size"] == 16 and len(config["classes"]) == 10
+
+
+def test_eval_json(run_dir, capsys, tmp_path):
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"top1", "top5", "per_class", "confusion"}
+    assert 0 <= out["top1"] <= out["top5"] <= 1
+    assert sum(map(sum, out["confusion"])) == out["num_samples"] == 360
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_predict_folder_reports_bad_files_and_goes_on(run_dir, capsys, tmp_path):
+    assert main(["samples", "--dataset", "digits", "--count", "5", "--out", str(tmp_path)]) == 0
+    Image.new("RGBA", (40, 25), (255, 0, 0, 128)).save(tmp_path / "odd_mode.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "notes.txt").write_text("hello")
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(run_dir), str(tmp_path), "--json", "--topk", "3"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 1  # some files failed
+    assert len(out["predictions"]) == 6
+    assert all(len(p["topk"]) == 3 and p["topk"][0]["prob"] >= p["topk"][1]["prob"] for p in out["predictions"])
+    bad = {Path(e["path"]).name: e["error"] for e in out["errors"]}
+    assert set(bad) == {"broken.png", "notes.txt"}
+    assert "broken.png" in bad["broken.png"] and "error: " in captured.err
+
+
+def test_explain_writes_report(run_dir, tmp_path, capsys):
+    samples = tmp_path / "s"
+    main(["samples", "--dataset", "digits", "--count", "2", "--out", str(samples)])
+    assert main(["explain", "--checkpoint", str(run_dir), *map(str, sorted(samples.iterdir())),
+                 "--out", str(tmp_path / "x")]) == 0
+    html = (tmp_path / "x" / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 4
+    assert main(["explain", "--checkpoint", str(run_dir), "--figure", "attention-distance", "--limit", "64",
+                 "--out", str(tmp_path / "d")]) == 0
+    dist = json.loads((tmp_path / "d" / "attention_distance.json").read_text())["mean_distance_px"]
+    assert len(dist) == 2 and len(dist[0]) == 2
+
+
+def test_convert_round_trip(run_dir, tmp_path, capsys):
+    assert main(["convert", str(run_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "back"), "--dataset", "digits", "--json",
+                 "--out", str(tmp_path / "e")]) == 0
+
+
+def test_models_lists_counts(capsys):
+    assert main(["models", "vit_base_patch16_*"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_base_patch16_224" in out and "86,567,656" in out and "vit_base_patch16_384" in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["eval", "--checkpoint", "/nonexistent/run"], "/nonexistent/run"),
+    (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "/nonexistent/run"),
+    (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
+    (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
+    (["models", "resnet*"], "no model matches"),
+])
+def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+
+
+def test_ddp_two_processes(tmp_path):
+    """torchrun with 2 gloo processes trains, and only rank 0 writes."""
+    recipe = tmp_path / "digits.yaml"
+    recipe.write_text(RECIPE.format(epochs=3))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "vitkit", "train", "--config", str(recipe),
+                           "--output", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["processes"] == 2 and report["top1"] > 0.3
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3
+    assert proc.stderr.count("done: top-1") == 1
