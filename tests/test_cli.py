@@ -126,3 +126,28 @@ def test_ddp_two_processes(tmp_path):
     assert report["processes"] == 2 and report["top1"] > 0.3
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3
     assert proc.stderr.count("done: top-1") == 1
+
+
+def test_finetune_at_twice_the_resolution(run_dir, tmp_path):
+    """Pretrained body, zero-initialised head, position embeddings resampled from 4x4 to 8x8."""
+    assert main(["finetune", "--checkpoint", str(run_dir), "--dataset", "digits", "--img-size", "32",
+                 "--epochs", "2", "--batch-size", "32", "--lr", "1e-3", "--precision", "fp32", "--layer-decay", "0.75",
+                 "--set", "hflip=false", "--set", "crop_padding=0", "--output", str(tmp_path / "ft")]) == 0
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["img_size"] == 32 and config["model_kwargs"]["img_size"] == 32
+    report = json.loads((tmp_path / "ft" / "eval.json").read_text())
+    assert report["top1"] > 0.4
+
+
+def test_linear_probe_changes_only_the_head(run_dir, tmp_path):
+    from safetensors.torch import load_file
+    assert main(["finetune", "--checkpoint", str(run_dir), "--dataset", "digits", "--linear-probe", "--epochs", "1",
+                 "--batch-size", "32", "--precision", "fp32", "--output", str(tmp_path / "lp")]) == 0
+    before, after = load_file(run_dir / "model.safetensors"), load_file(tmp_path / "lp" / "model.safetensors")
+    assert all(torch_equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    assert not torch_equal(before["head.weight"], after["head.weight"])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return bool(torch.equal(a, b))

@@ -105,10 +105,21 @@ def test_cosine_schedule_with_warmup():
 
 def test_no_weight_decay_on_norms_biases_and_tokens():
     model = vitkit.create_model("vit_mini_patch4_28")
-    decay, no_decay = param_groups(model, 0.05)
+    no_decay, decay = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.bias", "head.bias"} <= skipped
     decayed = {names[id(p)] for p in decay["params"]}
     assert {"blocks.0.attn.qkv.weight", "head.weight", "patch_embed.proj.weight"} <= decayed
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_layer_decay_scales_learning_rate_by_depth():
+    model = vitkit.create_model("vit_mini_patch4_28")  # depth 6
+    groups = param_groups(model, 0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale["head.weight"] == 1.0 and scale["norm.weight"] == 1.0
+    assert scale["blocks.5.mlp.fc1.weight"] == 0.5 and scale["blocks.0.attn.qkv.weight"] == 0.5 ** 6
+    assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 7
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -27,15 +27,20 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- train
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Recipe fields given on the command line (None = not given)."""
+    return dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs,
+                batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
+                seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
+                **_parse_set(args.set))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
     from .train.checkpoint import load_train_state
 
-    overrides = dict(model=args.model, dataset=args.dataset, data_dir=args.data_dir, output=args.output,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                     warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
-                     seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
-                     **_parse_set(args.set))
+    overrides = dict(model=args.model, **_run_overrides(args))
     if args.resume:
         stored = load_train_state(args.resume)["config"]
         cfg = TrainConfig.from_dict({**stored, **{k: v for k, v in overrides.items() if v is not None},
@@ -49,8 +54,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ViT. Options come from defaults, then --config YAML, then flags.")
-    p.add_argument("--config", help="YAML recipe (any TrainConfig field)")
     p.add_argument("--model", help="registry name, see `vitkit models` (default vit_mini_patch4_28)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.from_sources(args.config, init_from=args.checkpoint, layer_decay=args.layer_decay,
+                                   linear_probe=True if args.linear_probe else None, **_run_overrides(args))
+    train(cfg)
+    return 0
+
+
+def add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune pretrained weights on a dataset (new zero-initialised head)",
+                       description="Fine-tune as the ViT paper does: pretrained body, zero-initialised D x K head, "
+                                   "position embeddings resampled when --img-size changes the grid.")
+    p.add_argument("--checkpoint", required=True, help="pretrained weights: vitkit folder, timm, HF or .npz")
+    p.add_argument("--linear-probe", action="store_true", help="train only the head (frozen body)")
+    p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (any TrainConfig field)")
     p.add_argument("--dataset", help="fashion-mnist | digits | folder:PATH")
     p.add_argument("--data-dir", help="where dataset files are (else $VITKIT_DATA, system paths, download)")
     p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
@@ -67,8 +98,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data-loading processes for image folders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set clip_grad=0.5 (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch")
-    p.set_defaults(func=cmd_train)
 
 
 # ---------------------------------------------------------------- eval
@@ -294,7 +323,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_eval, add_predict, add_explain, add_models, add_samples, add_convert]
+    add_train, add_finetune, add_eval, add_predict, add_explain, add_models, add_samples, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,9 @@ class TrainConfig:
     val_fraction: float = 0.1        # folder datasets without a val/ folder
     workers: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None     # fine-tune: pretrained weights (any layout vitkit.weights reads)
+    linear_probe: bool = False       # fine-tune: train the head only
+    layer_decay: float | None = None  # fine-tune: layer-wise learning-rate decay, e.g. 0.75
     log_every: int = 50
 
     @classmethod

@@ -27,19 +27,19 @@ from .checkpoint import STATE_NAME, load_train_state, save_checkpoint, save_trai
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluate import evaluate_dataset
+from .finetune import freeze_body, input_geometry, load_pretrained, replace_head
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
 from .precision import autocast, resolve_precision
 
 
 def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
-    """(in_chans, img_size) the model will be built with."""
+    """(in_chans, img_size) a model built from scratch by ``cfg`` takes."""
     kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
     return kwargs.get("in_chans", 3), cfg.img_size or kwargs.get("img_size", 224)
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
-    in_chans, img_size = model_input_shape(cfg)
+def build_datasets(cfg: TrainConfig, in_chans: int, img_size: int) -> tuple[Any, Any]:
     common = dict(data_dir=cfg.data_dir, img_size=img_size, in_chans=in_chans,
                   val_fraction=cfg.val_fraction, seed=cfg.seed)
     train_ds = load_dataset(cfg.dataset, "train", **common)
@@ -49,7 +49,13 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     return train_ds, eval_ds
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: nn.Module | None = None) -> nn.Module:
+    """From scratch, or the ``pretrained`` body with a new zero-initialised head (fine-tuning)."""
+    if pretrained is not None:
+        model = replace_head(pretrained, num_classes)
+        if cfg.linear_probe:
+            freeze_body(model)
+        return model
     _, img_size = model_input_shape(cfg)
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_rate=cfg.drop_rate,
                   drop_path_rate=cfg.drop_path_rate)
@@ -76,12 +82,20 @@ class Trainer:
         if cfg.batch_size % self.info.world_size:
             raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
         self.batch_per_rank = cfg.batch_size // self.info.world_size
-        self.train_ds, self.eval_ds = build_datasets(cfg)
+        torch.manual_seed(cfg.seed)
+        pretrained = (load_pretrained(cfg.init_from, cfg.img_size, drop_rate=cfg.drop_rate,
+                                      drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
+                      if cfg.init_from else None)
+        self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
+        self.train_ds, self.eval_ds = build_datasets(cfg, self.in_chans, self.img_size)
         self.classes = list(self.train_ds.classes)
         self.mean, self.std = tuple(self.train_ds.mean), tuple(self.train_ds.std)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, len(self.classes))
-        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas)
+        source = getattr(pretrained, "checkpoint_meta", {})
+        if len(source.get("mean", [])) == self.in_chans:
+            self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
+        self.model = build_model(cfg, len(self.classes), pretrained)
+        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
+                                          cfg.layer_decay)
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
         if resume:
@@ -109,9 +123,8 @@ class Trainer:
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """What a checkpoint's config.json records besides the architecture."""
-        in_chans, img_size = model_input_shape(self.cfg)
-        return {"classes": self.classes, "mean": list(self.mean), "std": list(self.std), "img_size": img_size,
-                "in_chans": in_chans, "dataset": self.cfg.dataset, "precision": self.precision,
+        return {"classes": self.classes, "mean": list(self.mean), "std": list(self.std), "img_size": self.img_size,
+                "in_chans": self.in_chans, "dataset": self.cfg.dataset, "precision": self.precision,
                 "recipe": self.cfg.to_dict(), **extra}
 
     def train_one_epoch(self, epoch: int) -> float:
@@ -199,7 +212,7 @@ class Trainer:
     def final_report(self, wall_seconds: float) -> dict[str, Any]:
         """eval.json + confusion.png for the last model on the held-out split."""
         metrics = self.evaluate()
-        report = {"model": self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
+        report = {"model": unwrap(self.model).model_name or self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
                   "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
                   "processes": self.info.world_size, "threads": torch.get_num_threads(),
                   "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,

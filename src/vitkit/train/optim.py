@@ -7,24 +7,42 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and position/class tokens (1-D tensors and named tokens).
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
+    if name.startswith(("cls_token", "dist_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """No weight decay on norms, biases and position/class tokens (1-D tensors and named tokens);
+    with ``layer_decay``, block i's learning rate is scaled by layer_decay^(depth + 1 - (i + 1)).
 
     Decaying LayerNorm gains or the position embeddings only pulls them towards zero,
-    which hurts ViTs (DeiT, timm).
+    which hurts ViTs (DeiT, timm). Layer-wise decay (BEiT, MAE) keeps fine-tuning from
+    overwriting the general features of the early layers. Frozen parameters are left out.
     """
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip or name.endswith(".gamma") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim <= 1 or name in skip or name.endswith(".gamma"))
+        lid = layer_id(name, depth) if layer_decay else depth + 1
+        group = groups.setdefault((lid, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": layer_decay ** (depth + 1 - lid) if layer_decay else 1.0})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+                     betas: tuple[float, float] = (0.9, 0.999), layer_decay: float | None = None
+                     ) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, layer_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "sgd":
