@@ -1,0 +1,126 @@
+"""prepare_for_inference and export: every path runs and agrees with the fp32 model."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from vitkit.errors import VitkitError
+from vitkit.inference import InferenceModel, OnnxClassifier, export, prepare_for_inference
+from vitkit.inference.prepare import PackedLinear
+from vitkit.models import create_model
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = create_model("vit_mini_patch4_28").eval()
+    for p in m.parameters():  # larger weights than the init so logits spread and top-1 is meaningful
+        p.data.normal_(0, 0.1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def reference(model, images) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_fp32_matches_the_model(model, images, reference):
+    prepared = prepare_for_inference(model, "fp32")
+    out = prepared(images)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)  # oneDNN sums in another order than MKL
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 0  # the caller's model is untouched
+
+
+def test_packed_linear_fuses_gelu(model):
+    prepared = prepare_for_inference(model, "fp32")
+    packed = [m for m in prepared.modules() if isinstance(m, PackedLinear)]
+    if not packed:
+        pytest.skip("this torch build has no oneDNN linear ops; the plain model runs")
+    assert sum(m.attr == "gelu" for m in packed) == len(model.blocks)
+    assert not any(type(m) is torch.nn.Linear for m in prepared.modules())
+
+
+def test_bf16_close_to_fp32(model, images, reference):
+    prepared = prepare_for_inference(model, "bf16")
+    out = prepared(images)
+    assert out.dtype == torch.float32
+    assert _relative_error(out, reference) < 0.05
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not converted
+
+
+def test_int8_agrees_with_fp32(model, images, reference):
+    out = prepare_for_inference(model, "int8")(images)
+    assert out.dtype == torch.float32
+    assert _relative_error(out, reference) < 0.1
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
+
+
+def test_auto_picks_a_supported_precision(model, images):
+    prepared = prepare_for_inference(model, "auto")
+    assert prepared.precision in ("fp32", "bf16")
+    assert prepared(images).shape == (16, 10)
+
+
+@pytest.mark.slow  # a cold inductor cache compiles C++ for ~30 s
+def test_compile_works_or_falls_back(model, images, reference):
+    prepared = prepare_for_inference(model, "fp32", compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback warning, if this machine cannot compile
+        out = prepared(images[:2])
+    torch.testing.assert_close(out, reference[:2], atol=1e-4, rtol=1e-4)
+
+
+def test_compile_failure_falls_back_with_one_warning(model, images, reference):
+    def broken(x):
+        raise RuntimeError("no C++ compiler")
+
+    prepared = InferenceModel(broken, "fp32", eager=model)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        out = prepared(images)
+    torch.testing.assert_close(out, reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the eager model is used from now on
+        prepared(images)
+
+
+@pytest.mark.parametrize("bad", [{"precision": "fp8"}, {"threads": 0}])
+def test_bad_options_are_clear_errors(model, bad):
+    with pytest.raises(VitkitError, match="precision|threads"):
+        prepare_for_inference(model, **bad)
+
+
+def test_onnx_export_parity(model, images, reference, tmp_path):
+    path = export(model, tmp_path / "mini.onnx")
+    runner = OnnxClassifier(path, threads=1)
+    out = runner(images)  # a batch size other than the traced one
+    assert out.dtype == torch.float32
+    assert (out - reference).abs().max().item() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_export_parity(model, images, reference, tmp_path):
+    path = export(model, tmp_path / "mini.pt", format="torchscript")
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        out = loaded(images)
+    assert (out - reference).abs().max().item() <= 1e-5
+
+
+def test_export_errors(model, tmp_path):
+    with pytest.raises(VitkitError, match="format"):
+        export(model, tmp_path / "m.x", format="tflite")
+    with pytest.raises(VitkitError, match="no such ONNX file"):
+        OnnxClassifier(tmp_path / "missing.onnx")
