@@ -1,6 +1,6 @@
 """Record a finished `make demo` run (runs/demo/eval.json) as benchmarks/results/demo.json.
 
-Usage: python benchmarks/record_demo.py [RUN_DIR]
+Usage: python benchmarks/record_demo.py [RUN_DIR] [NAME]   (writes benchmarks/results/NAME.json, default demo)
 The issue's target: >= 90% Fashion-MNIST test accuracy in <= 10 minutes of training on a 2-core CPU.
 """
 from __future__ import annotations
@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 
-def main(run: Path) -> dict:
+def main(run: Path, name: str = "demo") -> dict:
     report = json.loads((run / "eval.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     result = {
-        "model": report["model"], "params": report["params"], "dataset": report["dataset"],
+        "model": report["model"], "recipe": json.loads((run / "config.json").read_text())["recipe"],
+        "params": report["params"], "dataset": report["dataset"],
         "epochs": report["epochs"], "precision": report["precision"], "threads": report["threads"],
         "top1": report["top1"], "top5": report["top5"], "train_seconds": report["train_seconds"],
         "per_epoch": [{k: h[k] for k in ("epoch", "eval_top1", "epoch_seconds")} for h in history],
@@ -28,7 +29,7 @@ def main(run: Path) -> dict:
                     "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                                  if line.startswith("model name")), "unknown")},
     }
-    out = Path(__file__).parent / "results" / "demo.json"
+    out = Path(__file__).parent / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("top1", "train_seconds", "met")}))
@@ -36,4 +37,4 @@ def main(run: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"), sys.argv[2] if len(sys.argv) > 2 else "demo")

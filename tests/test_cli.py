@@ -151,3 +151,20 @@ def test_linear_probe_changes_only_the_head(run_dir, tmp_path):
 def torch_equal(a, b) -> bool:
     import torch
     return bool(torch.equal(a, b))
+
+
+def test_export_onnx_and_predict_with_onnx_runtime(run_dir, tmp_path, capsys):
+    import shutil
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(run_dir, ckpt)
+    main(["samples", "--dataset", "digits", "--count", "4", "--out", str(tmp_path / "s")])
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "s"), "--runtime", "onnx"]) == 2  # not exported
+    assert main(["export", "--checkpoint", str(ckpt)]) == 0 and (ckpt / "model.onnx").is_file()
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "s"), "--runtime", "onnx", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["predictions"]
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "s"), "--precision", "fp32", "--json"]) == 0
+    torch_ = json.loads(capsys.readouterr().out)["predictions"]
+    for a, b in zip(onnx, torch_):
+        assert a["topk"][0]["class"] == b["topk"][0]["class"]
+        assert abs(a["topk"][0]["prob"] - b["topk"][0]["prob"]) < 1e-4

@@ -152,14 +152,21 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .inference import OnnxClassifier, prepare_for_inference
     from .inference.predict import expand_inputs, predict_files
-    from .train import load_checkpoint, resolve_precision
+    from .train import load_checkpoint
 
     model, cfg = load_checkpoint(args.checkpoint)
+    if args.runtime == "onnx":
+        onnx_path = Path(args.checkpoint) / "model.onnx"
+        if not onnx_path.is_file():
+            raise VitkitError(f"{onnx_path}: missing; run `vitkit export --checkpoint {args.checkpoint}` first")
+        classifier = OnnxClassifier(onnx_path)
+    else:
+        classifier = prepare_for_inference(model, args.precision)
     paths = expand_inputs(args.inputs)
     bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
-    results = list(predict_files(model, paths, cfg, args.topk, args.batch_size, resolve_precision(args.precision),
-                                 on_batch=bar.update))
+    results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
     bar.close()
     errors = [r for r in results if r.error]
     if args.json:
@@ -182,9 +189,30 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                   help="auto: bf16 where the CPU has bf16 units (logits within ~1%% of fp32), else fp32")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="onnx: run CHECKPOINT/model.onnx (made by `vitkit export`) with ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import export
+    from .train import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    default = Path(args.checkpoint) / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    print(export(model, args.out or default, format=args.format))
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", help="output file (default CHECKPOINT/model.onnx or model.torchscript.pt)")
+    p.set_defaults(func=cmd_export)
 
 
 # ---------------------------------------------------------------- models
@@ -323,7 +351,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_finetune, add_eval, add_predict, add_explain, add_models, add_samples, add_convert]
+    add_train, add_finetune, add_eval, add_predict, add_export, add_explain, add_models, add_samples, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,8 +44,8 @@ def input_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
         raise VitkitError(f"expected a batch of images [B, C, H, W], got {shape}")
     _, c, h, w = x.shape
     pe = model.patch_embed
-    if c != pe.proj.in_channels:
-        raise VitkitError(f"model expects {pe.proj.in_channels}-channel images, got {c} channels")
+    if c != pe.in_chans:
+        raise VitkitError(f"model expects {pe.in_chans}-channel images, got {c} channels")
     ph, pw = patch_size(model)
     if not getattr(model, "dynamic_img_size", False) and (h, w) != tuple(pe.img_size):
         raise VitkitError(f"model expects {pe.img_size[0]}x{pe.img_size[1]} images, got {h}x{w}")

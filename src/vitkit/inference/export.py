@@ -24,7 +24,7 @@ def _sample_input(model: nn.Module, img_size: int | tuple[int, int] | None) -> t
     if embed is None:
         raise VitkitError("export needs a vitkit VisionTransformer (a model with .patch_embed)")
     h, w = embed.img_size if img_size is None else (img_size, img_size) if isinstance(img_size, int) else img_size
-    return torch.randn(2, embed.proj.in_channels, h, w)
+    return torch.randn(2, embed.in_chans, h, w)
 
 
 def export(model: nn.Module, path: str | Path, format: str = "onnx",

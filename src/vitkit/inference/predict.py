@@ -13,7 +13,6 @@ import torch
 
 from ..data import load_resized, normalize
 from ..errors import VitkitError
-from ..train.precision import autocast
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,9 +51,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, Any], topk: int = 5,
-                  batch_size: int = 32, precision: str = "fp32",
-                  on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in order; ``config`` is the checkpoint's config.json."""
+                  batch_size: int = 32, on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in order; ``config`` is the checkpoint's config.json.
+
+    ``classifier`` maps float32 images to logits: a model from ``prepare_for_inference``
+    (any precision) or an ``OnnxClassifier``.
+    """
     classes, mean, std = config["classes"], config["mean"], config["std"]
     k = min(topk, len(classes))
     for start in range(0, len(paths), batch_size):
@@ -68,7 +70,7 @@ def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, A
                 results[i].error = str(e)
         if tensors:
             batch = normalize(torch.stack(list(tensors.values())), mean, std)
-            with torch.inference_mode(), autocast(precision):
+            with torch.inference_mode():
                 probs = classifier(batch).float().softmax(-1)
             values, indices = probs.topk(k, dim=1)
             for row, i in enumerate(tensors):

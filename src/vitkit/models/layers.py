@@ -26,6 +26,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
                  in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True):
         super().__init__()
+        self.in_chans = in_chans
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])

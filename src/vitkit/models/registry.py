@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .hybrid import hybrid_vit
 from .vit import VisionTransformer
 
 
@@ -120,3 +121,9 @@ for _size, _cfg in _SMALL.items():
         register_model(f"vit_{_size}_patch{_patch}_28", VisionTransformer,
                        f"ViT {_size} for 28x28 grayscale, patch {_patch}",
                        img_size=28, patch_size=_patch, in_chans=1, num_classes=10, **_cfg)
+
+# --- hybrids (the paper's Sec. 3.1): CNN stem, 1x1 patches of its feature map -------------
+register_model("vit_hybrid_mini_28", hybrid_vit,
+               "hybrid for 28x28 grayscale: 3-layer conv stem (stride 4) -> 7x7 tokens, D192 x 4 blocks",
+               img_size=28, patch_size=1, in_chans=1, num_classes=10, embed_dim=192, depth=4, num_heads=6,
+               mlp_ratio=2.0, class_token=False, global_pool="avg", stem_widths=(32, 64, 128))

@@ -6,7 +6,7 @@ patch tokens) -> optional tanh pre-logits layer -> linear head.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -23,7 +23,8 @@ class VisionTransformer(nn.Module):
     ``global_pool='avg'`` moves the final norm after pooling (``fc_norm``) as timm does;
     ``representation_size`` adds the paper's pretraining pre-logits layer (Linear + tanh);
     ``dynamic_img_size`` accepts any input size whose sides divide by the patch size,
-    resampling the position embeddings on the fly.
+    resampling the position embeddings on the fly. ``embed_layer`` swaps the patch
+    embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -33,7 +34,7 @@ class VisionTransformer(nn.Module):
                  representation_size: int | None = None, dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-                 weight_init: str = ""):
+                 weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed):
         super().__init__()
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -46,7 +47,8 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(class_token)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
+        self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                       embed_dim=embed_dim, strict_img_size=not dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)

@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
     """
     model = load_model(path, **overrides)
     meta = dict(getattr(model, "checkpoint_meta", {}))
-    chans = model.patch_embed.proj.in_channels
+    chans = model.patch_embed.in_chans
     num_classes = getattr(model, "num_classes", 0)
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     meta.setdefault("mean", [0.5] * chans)

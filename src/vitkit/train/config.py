@@ -40,6 +40,7 @@ class TrainConfig:
     hflip: bool = True
     val_fraction: float = 0.1        # folder datasets without a val/ folder
     workers: int | None = None
+    compile: bool = False            # torch.compile the training step (fewer, fused kernels; compiles once)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None     # fine-tune: pretrained weights (any layout vitkit.weights reads)
     linear_probe: bool = False       # fine-tune: train the head only

@@ -101,6 +101,8 @@ class Trainer:
         if resume:
             self._restore()
         self.ddp = (nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model)
+        if cfg.compile:
+            self.ddp = torch.compile(self.ddp)
         self.steps_per_epoch = len(self._loader(0))
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "

@@ -36,7 +36,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 def input_geometry(model: nn.Module) -> tuple[int, int]:
     """(in_chans, img_size) a model takes."""
-    return model.patch_embed.proj.in_channels, model.patch_embed.img_size[0]
+    return model.patch_embed.in_chans, model.patch_embed.img_size[0]
 
 
 def freeze_body(model: nn.Module) -> None:

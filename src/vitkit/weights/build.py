@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import VitkitError
@@ -32,8 +33,8 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
     kwargs = {**native, **overrides}
     if "num_heads" not in kwargs:
         kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
-    sd = fit_state_dict(ckpt, native, kwargs)
     model = _construct(name, kwargs, ckpt.source)
+    sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=("head.",) if "head.weight" not in sd else ())
     model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
     return model
@@ -50,7 +51,18 @@ def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Modu
     return model
 
 
-def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any]) -> StateDict:
+def _native_grid(name: str | None, native: dict[str, Any], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """The patch grid the checkpoint was trained at, read off its embedding layer (a hybrid's CNN
+    stem strides too, so img_size // patch_size is not enough); None when the file does not say."""
+    if "img_size" not in native:
+        return None
+    with torch.device("meta"):
+        model = _construct(name, {**native, "num_heads": kwargs["num_heads"], "weight_init": "skip"}, "")
+    return model.patch_embed.grid_size
+
+
+def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any], new_grid: tuple[int, int],
+                   old_grid: tuple[int, int] | None) -> StateDict:
     """The checkpoint's tensors, resampled to the requested patch size and grid, head dropped if resized."""
     sd = dict(ckpt.state_dict)
     if kwargs.get("num_classes", 0) != native.get("num_classes", 0):
@@ -59,25 +71,16 @@ def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, A
     if patch != to_2tuple(native["patch_size"]):
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
     prefix = int(kwargs.get("class_token", True))
-    old_grid = _stored_grid(sd, native, prefix, ckpt.source)
-    new_grid = _grid(kwargs, ckpt.source)
+    old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)
     if old_grid is None:  # not square and the file does not say: the requested size must match
         old_grid = new_grid
     sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_grid, old_grid, prefix)
     return sd
 
 
-def _grid(kwargs: dict[str, Any], source: str) -> tuple[int, int]:
-    if "img_size" not in kwargs:
-        raise VitkitError(f"{source}: the position embeddings do not form a square grid; pass img_size=(H, W)")
-    (h, w), (ph, pw) = to_2tuple(kwargs["img_size"]), to_2tuple(kwargs["patch_size"])
-    return h // ph, w // pw
-
-
-def _stored_grid(sd: StateDict, native: dict[str, Any], prefix: int, source: str) -> tuple[int, int] | None:
-    if "img_size" not in native:
+def _checked_grid(sd: StateDict, grid: tuple[int, int] | None, prefix: int, source: str) -> tuple[int, int] | None:
+    if grid is None:
         return None
-    grid = _grid(native, source)
     if grid[0] * grid[1] + prefix != sd["pos_embed"].shape[1]:
         raise VitkitError(f"{source}: tensor pos_embed has shape {tuple(sd['pos_embed'].shape)}, which does not "
                           f"fit a {grid[0]}x{grid[1]} patch grid + {prefix} prefix token(s); pass img_size")

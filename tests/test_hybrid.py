@@ -1,0 +1,33 @@
+"""The hybrid ViT: a CNN stem's feature map, cut into 1x1 patches, feeds the plain ViT encoder."""
+import torch
+
+import vitkit
+from vitkit.models import VisionTransformer
+from vitkit.models.hybrid import HybridEmbed
+from vitkit.weights import load_model, save_vitkit
+
+
+def test_hybrid_shapes_and_grid():
+    m = vitkit.create_model("vit_hybrid_mini_28").eval()
+    assert isinstance(m, VisionTransformer) and isinstance(m.patch_embed, HybridEmbed)
+    assert m.patch_embed.grid_size == (7, 7) and m.patch_embed.patch_size == (4, 4)
+    x = torch.randn(3, 1, 28, 28)
+    assert m.patch_embed(x).shape == (3, 7, 7, 192)
+    assert m.forward_features(x).shape == (3, 49, 192) and m(x).shape == (3, 10)
+    keys = m.state_dict().keys()
+    assert "patch_embed.backbone.0.0.weight" in keys and "patch_embed.proj.weight" in keys
+    assert "blocks.3.attn.qkv.weight" in keys
+
+
+def test_hybrid_checkpoint_round_trip_and_resolution_change(tmp_path):
+    m = vitkit.create_model("vit_hybrid_mini_28").eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics must survive the round trip too
+        m.patch_embed.backbone[0][1].running_mean.uniform_()
+    save_vitkit(m, tmp_path / "h", classes=[str(i) for i in range(10)])
+    back = load_model(tmp_path / "h").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), m(x), atol=0, rtol=0)
+    big = load_model(tmp_path / "h", img_size=56).eval()  # 7x7 -> 14x14 tokens, pos-embed resampled
+    assert big.patch_embed.grid_size == (14, 14) and big.pos_embed.shape == (1, 196, 192)
+    assert big(torch.randn(1, 1, 56, 56)).shape == (1, 10)
