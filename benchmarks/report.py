@@ -18,7 +18,7 @@ def inference_table(res: dict) -> list[str]:
     lines = ["| model | batch | contender | images/s | latency ms | share of bf16 GEMM | peak RSS rise MiB "
              "| weights MiB | max rel. Δlogits vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     gemm = {(r["model"], r["batch"]): r["bf16_gemm_gflop_per_s"] for r in res["inference"]}
-    notes = [f"bf16 GEMM in the same round-robin: " + ", ".join(f"{m} b{b}: {g:.0f} GFLOP/s" for (m, b), g in gemm.items())]
+    notes = ["bf16 GEMM in the same round-robin: " + ", ".join(f"{m} b{b}: {g:.0f} GFLOP/s" for (m, b), g in gemm.items())]
     for r in res["inference"]:
         delta = "" if r["max_rel_logit_delta_vs_fp32"] is None else f"{r['max_rel_logit_delta_vs_fp32']:.1e}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['contender']} | {r['images_per_s']:.2f} "

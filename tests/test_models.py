@@ -1,7 +1,6 @@
 """Model math: shapes, parameter counts, attention, pooling, timm parity."""
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import vitkit

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
@@ -275,8 +276,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
         ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
                           img_size=cfg["img_size"], in_chans=cfg["in_chans"])
-        batches = (normalize(x, cfg["mean"], cfg["std"]) for i, (x, _) in
-                   enumerate(make_loader(ds, 64, shuffle=True, seed=0)) if i * 64 < args.limit)
+        loader = make_loader(ds, 64, shuffle=True, seed=0)
+        batches = (normalize(x, cfg["mean"], cfg["std"]) for x, _ in islice(loader, -(-args.limit // 64)))
         dist = attention_distance_figure(model, batches, out / "attention_distance.png")
         (out / "attention_distance.json").write_text(json.dumps({"mean_distance_px": dist.tolist()}))
         print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
@@ -288,11 +289,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     if not args.images:
         raise VitkitError("give image files or folders to explain, or --figure attention-distance|embeddings")
-    paths, batch, originals = _load_images(expand_inputs(args.images), cfg)
+    requested = expand_inputs(args.images)
+    paths, batch, originals = _load_images(requested, cfg)
     result = explain_images(model, normalize(batch, cfg["mean"], cfg["std"]), originals, [str(p) for p in paths],
                             cfg["classes"], out, token=args.token, head_fusion=args.head_fusion)
     print(f"report: {result['report']}")
-    return 0 if len(paths) == len(expand_inputs(args.images)) else 1
+    return 0 if len(paths) == len(requested) else 1
 
 
 def add_explain(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ after epoch k and resumed ends exactly where the uninterrupted run ends.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -155,7 +156,7 @@ class Trainer:
             n += len(labels)
             if self.progress["step"] % cfg.log_every == 0:
                 value = loss.item()
-                if not torch.isfinite(torch.tensor(value)):
+                if not math.isfinite(value):
                     raise VitkitError(f"training diverged: loss is {value} at step {self.progress['step']}; "
                                       "lower --lr or raise --warmup-epochs")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
