@@ -31,3 +31,16 @@ def test_hybrid_checkpoint_round_trip_and_resolution_change(tmp_path):
     big = load_model(tmp_path / "h", img_size=56).eval()  # 7x7 -> 14x14 tokens, pos-embed resampled
     assert big.patch_embed.grid_size == (14, 14) and big.pos_embed.shape == (1, 196, 192)
     assert big(torch.randn(1, 1, 56, 56)).shape == (1, 10)
+
+
+def test_r50_hybrid_checkpoint_round_trip(tmp_path):
+    """The ResNet backbone's tensors (patch_embed.backbone.*) do not fool architecture inference."""
+    m = vitkit.create_model("vit_base_r50_s16_224", depth=1, img_size=64).eval()  # small, same layout
+    with torch.no_grad():
+        m.patch_embed.backbone.layer1[0].bn1.weight.uniform_()
+    save_vitkit(m, tmp_path / "r50")
+    back = load_model(tmp_path / "r50").eval()
+    assert back.patch_embed.in_chans == 3 and back.patch_embed.grid_size == (4, 4)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), m(x), atol=0, rtol=0)

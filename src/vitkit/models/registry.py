@@ -14,7 +14,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .hybrid import hybrid_vit
 from .vit import VisionTransformer
 
 
@@ -110,20 +109,14 @@ for _size, _patch, _res in _TIMM_VITS:
                    img_size=_res, patch_size=_patch, **VIT_SIZES[_size], **_extra)
 
 # --- small images (28x28 grayscale: Fashion-MNIST, MNIST) -------------------------------
-_SMALL = {
+SMALL_SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     # 'mini': vitkit's CPU-sized ViT, the default for Fashion-MNIST (trains to >90% in minutes).
     "mini": dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
 }
-for _size, _cfg in _SMALL.items():
+for _size, _cfg in SMALL_SIZES.items():
     for _patch in (4, 7):
         register_model(f"vit_{_size}_patch{_patch}_28", VisionTransformer,
                        f"ViT {_size} for 28x28 grayscale, patch {_patch}",
                        img_size=28, patch_size=_patch, in_chans=1, num_classes=10, **_cfg)
-
-# --- hybrids (the paper's Sec. 3.1): CNN stem, 1x1 patches of its feature map -------------
-register_model("vit_hybrid_mini_28", hybrid_vit,
-               "hybrid for 28x28 grayscale: 3-layer conv stem (stride 4) -> 7x7 tokens, D192 x 4 blocks",
-               img_size=28, patch_size=1, in_chans=1, num_classes=10, embed_dim=192, depth=4, num_heads=6,
-               mlp_ratio=2.0, class_token=False, global_pool="avg", stem_widths=(32, 64, 128))

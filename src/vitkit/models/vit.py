@@ -90,13 +90,19 @@ class VisionTransformer(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            if zero_init:
-                nn.init.zeros_(self.head.weight)
-            else:
-                nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = self.new_head(zero_init)
+
+    def new_head(self, zero_init: bool = False) -> nn.Module:
+        """A freshly initialised ``num_features`` -> ``num_classes`` linear layer (Identity for 0 classes)."""
+        if self.num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, self.num_classes)
+        if zero_init:
+            nn.init.zeros_(head.weight)
+        else:
+            nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+        return head
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -1,0 +1,44 @@
+"""ResNets: the CNN teachers and the R50 backbone of the paper's hybrid, against independent counts."""
+import pytest
+import torch
+
+import vitkit
+from vitkit.models import model_param_count
+from vitkit.models.resnet import StdConv2d
+
+
+@pytest.mark.parametrize("name, count", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_param_counts_equal_torchvision(name, count):
+    assert model_param_count(name) == count  # torchvision's published figures (same layout as timm's)
+
+
+def test_r50_hybrid_backbone_equals_hf_bit_and_timm_count():
+    transformers = pytest.importorskip("transformers")
+    model = vitkit.create_model("vit_base_r50_s16_224")
+    backbone = model.patch_embed.backbone
+    cfg = transformers.BitConfig(layer_type="bottleneck", depths=[3, 4, 9], out_features=["stage3"],
+                                 global_padding="same", embedding_dynamic_padding=True)
+    hf = transformers.BitBackbone(cfg)  # the backbone of HF's R50+ViT-B/16 (ViTHybrid)
+    assert sum(p.numel() for p in backbone.parameters()) == sum(p.numel() for p in hf.parameters())
+    x = torch.randn(1, 3, 224, 224)
+    assert backbone.forward_features(x).shape == hf(x).feature_maps[0].shape == (1, 1024, 14, 14)
+    assert model.patch_embed.grid_size == (14, 14) and model(x).shape == (1, 1000)
+    assert model_param_count("vit_base_r50_s16_384") == 98_950_952  # timm's vit_base_r50_s16_384: 98.95M
+
+
+def test_std_conv_standardises_each_filter():
+    conv = StdConv2d(3, 4, 3, padding=1, bias=False)
+    x = torch.randn(2, 3, 8, 8)
+    w = conv.weight
+    w_std = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(w.var(dim=(1, 2, 3), unbiased=False,
+                                                                         keepdim=True) + 1e-8)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, w_std, padding=1), atol=1e-5, rtol=1e-5)
+
+
+def test_residual_branches_start_as_identity():
+    model = vitkit.create_model("resnet_mini_28").eval()
+    for block in model.layer1:
+        assert torch.count_nonzero(block.bn2.weight) == 0  # the branch's last norm starts at zero
+    assert torch.count_nonzero(model.bn1.weight) == model.bn1.weight.numel()
+    out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
