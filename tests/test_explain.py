@@ -12,7 +12,7 @@ from vitkit.errors import VitkitError
 from vitkit.explain import (attention_distance, attention_distance_figure, attention_maps, attention_rollout,
                             class_attention, explain_images, filter_components, mean_attention_distance,
                             patch_distances, pos_embed_similarity, record_attention, rollout)
-from vitkit.models import Attention, VisionTransformer
+from vitkit.models import Attention, DistilledVisionTransformer, VisionTransformer
 
 
 def _sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -28,19 +28,6 @@ def _sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
 def tiny(**kw) -> VisionTransformer:
     args = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=64, depth=2, num_heads=2, num_classes=5)
     return _sharpen(VisionTransformer(**{**args, **kw}))
-
-
-class Distilled(VisionTransformer):
-    """DeiT-style: [class] + distillation token, to check that either prefix token can be chosen."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.num_prefix_tokens = 2
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 2, self.embed_dim))
-
-    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
-        return super().prefix_tokens(batch) + [self.dist_token.expand(batch, -1, -1)]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +88,8 @@ def test_avg_pool_model_uses_mean_of_patch_rows(x):
 
 
 def test_distilled_model_either_prefix_token(x):
-    m = _sharpen(Distilled(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=5))
+    m = _sharpen(DistilledVisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2,
+                                            num_classes=5))
     r = rollout(attention_maps(m, x))
     cls, dist = attention_rollout(m, x, token=0), attention_rollout(m, x, token=1)
     assert torch.allclose(cls.flatten(1), r[:, 0, 2:], atol=1e-6)

@@ -63,7 +63,10 @@ def load_model(path: str | Path, name: str | None = None, **overrides: Any) -> n
     size of every ViT in the papers) and refused when the width is not a multiple of
     64. A different ``img_size`` or ``patch_size`` resamples the embeddings; a different
     ``num_classes`` gives a freshly initialised head. The checkpoint's class names and
-    normalisation, when it has them, are in ``model.checkpoint_meta``.
+    normalisation, when it has them, are in ``model.checkpoint_meta``. Weights with
+    DeiT's distillation token build a ``DistilledVisionTransformer``; a vitkit
+    checkpoint of a model that is not a ViT (a ResNet) is rebuilt from the name and
+    keyword arguments it states.
     """
     return build_model(read_checkpoint(path), name, **overrides)
 

@@ -5,6 +5,9 @@ tell, such as the head count), what the tensors show, what the file states
 (``Checkpoint.kwargs``), then the caller's overrides. Overrides that change the
 geometry resample the embeddings; a different ``num_classes`` drops the stored head
 and keeps the fresh one (fine-tuning on new classes), as timm does.
+
+A model that is not a ViT (a ResNet teacher) has no architecture to infer: its vitkit
+checkpoint states the registry name and keyword arguments, which rebuild it exactly.
 """
 from __future__ import annotations
 
@@ -14,12 +17,17 @@ import torch
 from torch import nn
 
 from ..errors import VitkitError
-from ..models import VisionTransformer, create_model, get_model_spec, resample_abs_pos_embed
+from ..models import (DistilledVisionTransformer, VisionTransformer, create_model, get_model_spec,
+                      resample_abs_pos_embed)
 from ..models.layers import to_2tuple
 from .checkpoint import Checkpoint
 from .files import StateDict
-from .infer import default_num_heads, infer_kwargs
+from .infer import default_num_heads, infer_kwargs, num_prefix_tokens
 from .resample import resample_patch_embed
+from .timm import is_timm
+
+# Classifier tensors, dropped when num_classes changes: a ViT's head, DeiT's distillation head, a ResNet's fc.
+HEADS = ("head.", "head_dist.", "fc.")
 
 
 def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> nn.Module:
@@ -29,26 +37,59 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
         base = dict(get_model_spec(name).kwargs) if name else {}
     except ValueError as e:
         raise VitkitError(str(e)) from None
+    build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
+    model = build(ckpt, name, base, overrides)
+    model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
+    return model
+
+
+def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
+    """A registered model that is not a ViT: the name and the file's keyword arguments say it all."""
+    model = _construct(name, {**base, **ckpt.kwargs, **overrides}, ckpt.source)
+    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "fc.weight") if k in ckpt.state_dict), 0)
+    wanted = getattr(model, "num_classes", stored)
+    sd = _without_head(ckpt.state_dict, stored, wanted)
+    load_strict(model, sd, ckpt.source, optional=HEADS if wanted != stored else ())
+    return model
+
+
+def _without_head(sd: StateDict, stored_classes: int, num_classes: int) -> StateDict:
+    """The tensors, less the classifier when the number of classes changes (it is then freshly initialised)."""
+    if num_classes == stored_classes:
+        return dict(sd)
+    return {k: v for k, v in sd.items() if not k.startswith(HEADS)}
+
+
+def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     native = {**base, **infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
     kwargs = {**native, **overrides}
     if "num_heads" not in kwargs:
         kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
     model = _construct(name, kwargs, ckpt.source)
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
-    load_strict(model, sd, ckpt.source, optional=("head.",) if "head.weight" not in sd else ())
-    model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
+    load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
     return model
 
 
 def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Module:
+    """The named model, or without a name the class the tensors call for (``dist_head``: DeiT's distilled ViT)."""
+    distilled = "dist_head" in kwargs
+    if name and distilled and not _builds_distilled(name):
+        raise VitkitError(f"{source}: the weights are a distilled DeiT (dist_token) but {name} is not; "
+                          "use a deit_*_distilled_* name or none")
     try:
         if name:
             return create_model(name, **kwargs)
-        model = VisionTransformer(**kwargs)
+        model = (DistilledVisionTransformer if distilled else VisionTransformer)(**kwargs)
     except (TypeError, ValueError) as e:
         raise VitkitError(f"{source}: cannot build the model ({e})") from None
     model.model_name, model.model_kwargs = None, kwargs
     return model
+
+
+def _builds_distilled(name: str) -> bool:
+    builder = get_model_spec(name).builder
+    return isinstance(builder, type) and issubclass(builder, DistilledVisionTransformer)
 
 
 def _native_grid(name: str | None, native: dict[str, Any], kwargs: dict[str, Any]) -> tuple[int, int] | None:
@@ -64,13 +105,11 @@ def _native_grid(name: str | None, native: dict[str, Any], kwargs: dict[str, Any
 def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any], new_grid: tuple[int, int],
                    old_grid: tuple[int, int] | None) -> StateDict:
     """The checkpoint's tensors, resampled to the requested patch size and grid, head dropped if resized."""
-    sd = dict(ckpt.state_dict)
-    if kwargs.get("num_classes", 0) != native.get("num_classes", 0):
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    sd = _without_head(ckpt.state_dict, native.get("num_classes", 0), kwargs.get("num_classes", 0))
     patch = to_2tuple(kwargs["patch_size"])
     if patch != to_2tuple(native["patch_size"]):
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
-    prefix = int(kwargs.get("class_token", True))
+    prefix = num_prefix_tokens(sd)  # kept apart from the grid when resampling
     old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)
     if old_grid is None:  # not square and the file does not say: the requested size must match
         old_grid = new_grid

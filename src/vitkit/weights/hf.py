@@ -1,9 +1,15 @@
-"""Hugging Face ``ViTModel`` / ``ViTForImageClassification`` folders, both ways.
+"""Hugging Face ViT and DeiT folders, both ways.
 
 HF keeps query/key/value as three Linear layers and its LayerNorm eps is 1e-12 (timm:
 1e-6), so the eps travels in ``norm_eps``. ``ViTModel``'s pooler (Linear + tanh on the
 [class] token) is exactly timm's pre-logits layer. ``ViTForImageClassification`` never
 uses a pooler, so one stored beside a classifier is dropped, as HF itself does.
+
+DeiT is the same encoder with a distillation token (``dist_token``).
+``DeiTForImageClassificationWithTeacher``'s two classifiers are ``head`` and
+``head_dist``; ``DeiTForImageClassification`` has only ``classifier`` on the [class]
+token (a ``DistilledVisionTransformer`` with ``dist_head=False``). DeiT has no
+pre-logits layer, so the untrained pooler HF adds to ``DeiTModel`` is dropped.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from .keymap import Table, fuse_qkv, rename, split_qkv
 _LAYER = "encoder.layer.{i}."
 TABLE: Table = [
     ("embeddings.cls_token", "cls_token"),
+    ("embeddings.distillation_token", "dist_token"),
     ("embeddings.position_embeddings", "pos_embed"),
     ("embeddings.patch_embeddings.projection", "patch_embed.proj"),
     (_LAYER + "layernorm_before", "blocks.{i}.norm1"),
@@ -43,8 +50,12 @@ TABLE: Table = [
     ("layers.{i}.mlp.fc1", "blocks.{i}.mlp.fc1"),
     ("layers.{i}.mlp.fc2", "blocks.{i}.mlp.fc2"),
 ]
-CLASSIFIER_TABLE: Table = [("vit." + a, b) for a, b in TABLE] + [("classifier", "head")]
-_DROPPED = ("embeddings.mask_token", "vit.embeddings.mask_token")  # only used for masked-image pretraining
+HEAD: Table = [("classifier", "head")]
+DEIT_HEADS: Table = [("cls_classifier", "head"), ("distillation_classifier", "head_dist")]
+VIT_CLASSIFIER = [("vit." + a, b) for a, b in TABLE] + HEAD
+DEIT_CLASSIFIER = [("deit." + a, b) for a, b in TABLE] + HEAD  # DeiTForImageClassification
+DEIT_WITH_TEACHER = [("deit." + a, b) for a, b in TABLE] + DEIT_HEADS
+_DROPPED = ("embeddings.mask_token", "vit.embeddings.mask_token", "deit.embeddings.mask_token")  # masked pretraining
 
 
 def is_hf(sd: StateDict) -> bool:
@@ -81,11 +92,12 @@ def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = 
                     meta: dict[str, Any] | None = None) -> Checkpoint:
     config = config or {}
     _check_config(config, source)
-    has_head = "classifier.weight" in sd
-    sd = {k: v for k, v in sd.items() if not (k.startswith(_DROPPED) or has_head and "pooler." in k)}
-    renamed, unknown = rename(sd, CLASSIFIER_TABLE if any(k.startswith("vit.") for k in sd) else TABLE)
+    has_head = "classifier.weight" in sd or "cls_classifier.weight" in sd
+    deit = any(k.endswith("embeddings.distillation_token") for k in sd)
+    sd = {k: v for k, v in sd.items() if not (k.startswith(_DROPPED) or (has_head or deit) and "pooler." in k)}
+    renamed, unknown = rename(sd, _read_table(sd))
     if unknown:
-        raise VitkitError(f"{source}: tensor {unknown[0]} is not part of a ViT (unsupported HF variant?)")
+        raise VitkitError(f"{source}: tensor {unknown[0]} is not part of a ViT or DeiT (unsupported HF variant?)")
     labels = config.get("id2label") or {}
     meta = dict(meta or {})
     if has_head and labels:
@@ -93,9 +105,18 @@ def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = 
     return Checkpoint(fuse_qkv(renamed), source, "hf", _kwargs(config), meta=meta)
 
 
+def _read_table(sd: StateDict) -> Table:
+    """The base model's names alone (``ViTModel``, ``DeiTModel``), or under a classifier's prefix."""
+    if any(k.startswith("vit.") for k in sd):
+        return VIT_CLASSIFIER
+    if any(k.startswith("deit.") for k in sd):
+        return DEIT_WITH_TEACHER + HEAD
+    return TABLE
+
+
 def _check_config(config: dict[str, Any], source: str) -> None:
-    if config.get("model_type", "vit") != "vit":
-        raise VitkitError(f"{source}: model_type {config['model_type']!r} is not supported yet (only 'vit')")
+    if config.get("model_type", "vit") not in ("vit", "deit"):
+        raise VitkitError(f"{source}: model_type {config['model_type']!r} is not supported yet (only 'vit', 'deit')")
     for key, want in (("hidden_act", "gelu"), ("pooler_act", "tanh")):
         if config.get(key, want) != want:
             raise VitkitError(f"{source}: config {key}={config[key]!r} is not supported (only {want!r})")
@@ -111,7 +132,8 @@ def _kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = None) -> Path:
     """Write a folder that ``transformers.ViTForImageClassification.from_pretrained`` loads
-    (``ViTModel`` for a model without a head); class names default to the checkpoint's."""
+    (``ViTModel`` for a model without a head; for a distilled DeiT,
+    ``DeiTForImageClassificationWithTeacher`` or ``DeiTModel``); class names default to the checkpoint's."""
     from safetensors.torch import save_file
     classes = classes or getattr(model, "checkpoint_meta", {}).get("classes")
     if classes is not None and len(classes) != model.num_classes:
@@ -128,9 +150,21 @@ def to_hf(model: nn.Module, classes: list[str] | None = None) -> tuple[StateDict
     """The model's tensors with HF names, and the matching config.json content."""
     _check_exportable(model)
     sd = split_qkv({k: v.detach().contiguous() for k, v in model.state_dict().items()})
-    with_head = model.num_classes > 0
-    sd, _ = rename(sd, CLASSIFIER_TABLE if with_head else TABLE, reverse=True)
-    return sd, _config(model, classes if with_head else None)
+    architecture, table = _hf_class(model)
+    sd, _ = rename(sd, table, reverse=True)
+    return sd, _config(model, architecture, classes if model.num_classes > 0 else None)
+
+
+def _hf_class(model: nn.Module) -> tuple[str, Table]:
+    """The transformers class that computes what ``model`` does, and its tensor names."""
+    deit, with_head = hasattr(model, "dist_token"), model.num_classes > 0
+    if not with_head:
+        return ("DeiTModel" if deit else "ViTModel"), TABLE
+    if not deit:
+        return "ViTForImageClassification", VIT_CLASSIFIER
+    if model.dist_head:
+        return "DeiTForImageClassificationWithTeacher", DEIT_WITH_TEACHER
+    return "DeiTForImageClassification", DEIT_CLASSIFIER
 
 
 def _check_exportable(model: nn.Module) -> None:
@@ -145,11 +179,11 @@ def _check_exportable(model: nn.Module) -> None:
             raise VitkitError(f"cannot export to Hugging Face ViT: {reason}")
 
 
-def _config(model: nn.Module, classes: list[str] | None) -> dict[str, Any]:
+def _config(model: nn.Module, architecture: str, classes: list[str] | None) -> dict[str, Any]:
     block, embed = model.blocks[0], model.patch_embed
     config = {
-        "architectures": ["ViTForImageClassification" if model.num_classes > 0 else "ViTModel"],
-        "model_type": "vit", "hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
+        "architectures": [architecture], "model_type": "deit" if architecture.startswith("DeiT") else "vit",
+        "hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
         "num_attention_heads": block.attn.num_heads, "intermediate_size": block.mlp.fc1.out_features,
         "hidden_act": "gelu", "layer_norm_eps": block.norm1.eps, "qkv_bias": block.attn.qkv.bias is not None,
         "image_size": _square(embed.img_size), "patch_size": _square(embed.patch_size),

@@ -2,8 +2,9 @@
 
 Shapes fix the width, depth, patch size, grid, channels, MLP ratio, head and
 pre-logits sizes; the presence of a tensor fixes the options (``cls_token``,
-``fc_norm``, ``attn.qkv.bias``, ``ls1.gamma``). The head count leaves no trace in a
-fused ``qkv`` matrix, so it must come from elsewhere (see :func:`default_num_heads`).
+``fc_norm``, ``attn.qkv.bias``, ``ls1.gamma``, DeiT's ``dist_token`` and ``head_dist``).
+The head count leaves no trace in a fused ``qkv`` matrix, so it must come from
+elsewhere (see :func:`default_num_heads`).
 """
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     """VisionTransformer keyword arguments that the tensors determine (not ``num_heads``)."""
     missing = [k for k in _REQUIRED if k not in sd]
     if missing:
-        raise VitkitError(f"{source}: not a Vision Transformer state dict (no {', '.join(missing)})")
-    if "dist_token" in sd or "head_dist.weight" in sd:
-        raise VitkitError(f"{source}: distilled DeiT checkpoints (dist_token, head_dist) are not supported yet")
+        raise VitkitError(f"{source}: not a Vision Transformer state dict (no {', '.join(missing)}); other "
+                          "models load from a vitkit checkpoint folder, which names them")
     proj = sd["patch_embed.proj.weight"]
     dim, in_chans, ph, pw = proj.shape
     class_token = "cls_token" in sd
@@ -35,9 +35,16 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
         num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
         representation_size=sd["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in sd else None,
         **_pooling(sd, class_token))
-    grid = checkpoint_grid(sd, int(class_token))
+    if "dist_token" in sd:  # DeiT; a classifier without head_dist is HF's DeiTForImageClassification
+        kwargs["dist_head"] = "head_dist.weight" in sd or "head.weight" not in sd
+    grid = checkpoint_grid(sd, num_prefix_tokens(sd))
     if grid is not None:
         kwargs["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
+    if any(k.startswith("patch_embed.backbone.") for k in sd):
+        # a hybrid's patches are cut from CNN features: the projection shows feature channels, not the
+        # image's, and the CNN's stride hides the image size; the model name or the file must say them
+        del kwargs["in_chans"]
+        kwargs.pop("img_size", None)
     return kwargs
 
 
@@ -46,6 +53,11 @@ def _pooling(sd: StateDict, class_token: bool) -> dict[str, Any]:
     if "fc_norm.weight" in sd:
         return dict(global_pool="avg", fc_norm=True)
     return dict(global_pool="token" if class_token else "avg", fc_norm=False)
+
+
+def num_prefix_tokens(sd: StateDict) -> int:
+    """Tokens before the patches: [class], and DeiT's distillation token."""
+    return int("cls_token" in sd) + int("dist_token" in sd)
 
 
 def checkpoint_grid(sd: StateDict, num_prefix_tokens: int) -> tuple[int, int] | None:

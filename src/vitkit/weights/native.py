@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import VitkitError
 from ..fileio import write_json
 from .checkpoint import Checkpoint
 from .files import read_json, read_tensors
@@ -38,14 +39,17 @@ def read_folder(folder: Path) -> Checkpoint:
 def save_vitkit(model: nn.Module, folder: str | Path, **meta: Any) -> Path:
     """Write a checkpoint folder; ``meta`` (e.g. ``classes``, ``mean``, ``std``) goes into config.json."""
     folder = Path(folder)
-    save_timm(model, folder / "model.safetensors")
     kwargs = getattr(model, "model_kwargs", None) or _unstated_kwargs(model)
+    save_timm(model, folder / "model.safetensors")
     config = {"format": FORMAT, "model": getattr(model, "model_name", None), "model_kwargs": kwargs, **meta}
     write_json(folder / "config.json", config)
     return folder
 
 
 def _unstated_kwargs(model: nn.Module) -> dict[str, Any]:
-    """For a model built by hand: what its tensors alone would not tell a reader."""
+    """For a ViT built by hand: what its tensors alone would not tell a reader."""
+    if not hasattr(model, "blocks"):
+        raise VitkitError(f"cannot describe a {type(model).__name__} built by hand in a checkpoint: build it with "
+                          "vitkit.create_model(name, ...) so that the checkpoint can name it")
     block = model.blocks[0]
     return {"num_heads": block.attn.num_heads, "norm_eps": block.norm1.eps}
