@@ -2,11 +2,13 @@
 
 ``load_dataset("fashion-mnist" | "digits" | "folder:/path", split)`` returns an
 ``ImageDataset`` whose items are uint8 [C,H,W] at the requested size and channel count;
-``make_loader`` batches it; ``normalize`` turns a uint8 batch into the model's input.
+``make_loader`` batches it; ``normalize`` turns a uint8 batch into the model's input, or
+``BatchAugment`` does with DeiT's random augmentations, and ``Mixup`` mixes the result.
 """
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import VitkitError
 from . import digits, fashion_mnist
@@ -14,9 +16,23 @@ from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resiz
 from .folder import load_folder
 from .images import IMAGE_EXTENSIONS, open_image
 from .loader import ShardSampler, make_loader
+from .mixup import Mixup
 from .samples import save_samples
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, match_channels, match_stats, normalize, random_crop_flip,
                          resize_center_crop, resize_images)
+
+if TYPE_CHECKING:
+    from .augment import BatchAugment, RandAugment
+
+
+def __getattr__(name: str):
+    """``BatchAugment`` and ``RandAugment`` on first use: they import kornia (0.2 s), which
+    inference never needs."""
+    if name in ("BatchAugment", "RandAugment"):
+        from . import augment
+        return getattr(augment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion-mnist": (fashion_mnist.MEAN, fashion_mnist.STD),
@@ -64,7 +80,8 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     return InMemoryDataset(images, targets, classes, match_stats(mean, c), match_stats(std, c), f"{spec}[{split}]")
 
 
-__all__ = ["save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset",
+__all__ = ["BatchAugment", "Mixup", "RandAugment", "save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD",
+           "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset",
            "LazyImageDataset", "ShardSampler", "load_dataset", "load_folder", "load_resized", "make_loader",
            "match_channels", "match_stats", "normalize", "open_image", "random_crop_flip", "resize_center_crop",
            "resize_images"]

@@ -22,13 +22,21 @@ class ShardSampler(Sampler[int]):
     """DistributedSampler's semantics without needing a process group: shuffle with
     ``seed + epoch``, then give rank r every world_size-th index starting at r. Shards have
     equal length: the tail is dropped with ``drop_last``, else padded by repeating the start
-    (so up to world_size - 1 samples are seen twice per epoch, as with DistributedSampler)."""
+    (so up to world_size - 1 samples are seen twice per epoch, as with DistributedSampler).
+
+    ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; DeiT's RASampler): the epoch
+    keeps its length but is made of ceil(n / repeats) distinct images, each ``repeats`` times in
+    a row, so the copies land on consecutive ranks (or in one batch) and get different random
+    augmentations in the same step.
+    """
 
     def __init__(self, n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False):
+                 world_size: int = 1, drop_last: bool = False, repeats: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, epoch
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.n, self.shuffle, self.seed, self.epoch, self.repeats = n, shuffle, seed, epoch, repeats
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
 
@@ -41,6 +49,8 @@ class ShardSampler(Sampler[int]):
             idx = torch.randperm(self.n, generator=g)
         else:
             idx = torch.arange(self.n)
+        if self.repeats > 1:
+            idx = idx[:math.ceil(self.n / self.repeats)].repeat_interleave(self.repeats)[:self.n]
         total = self.num_samples * self.world_size
         if total > self.n:
             idx = torch.cat([idx, idx.repeat(math.ceil(total / self.n))[: total - self.n]])
@@ -93,18 +103,19 @@ class WorkerLoader(DataLoader):
 
 
 def make_loader(ds: ImageDataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                drop_last: bool = False, rank: int = 0, world_size: int = 1, repeats: int = 1,
                 num_workers: int | None = None) -> TensorBatches | WorkerLoader:
     """Iterable of ``(uint8 [B,C,H,W], int64 [B])``; ``len()`` is the number of batches.
 
     ``drop_last`` drops both the incomplete last batch and, with several ranks, the tail
     that does not divide evenly. ``loader.sampler.set_epoch(e)`` reorders it for epoch e.
+    ``repeats`` > 1: repeated augmentation (see ``ShardSampler``).
     ``num_workers`` (DataLoader only) defaults to the CPU count, at most 8.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     sampler = ShardSampler(len(ds), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                           world_size=world_size, drop_last=drop_last)
+                           world_size=world_size, drop_last=drop_last, repeats=repeats)
     if isinstance(ds, InMemoryDataset):
         return TensorBatches(ds, batch_size, sampler, drop_last)
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
