@@ -102,7 +102,7 @@ def test_models_lists_counts(capsys):
     (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "/nonexistent/run"),
     (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
-    (["models", "resnet*"], "no model matches"),
+    (["models", "swin*"], "no model matches"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,
@@ -168,3 +168,27 @@ def test_export_onnx_and_predict_with_onnx_runtime(run_dir, tmp_path, capsys):
     for a, b in zip(onnx, torch_):
         assert a["topk"][0]["class"] == b["topk"][0]["class"]
         assert abs(a["topk"][0]["prob"] - b["topk"][0]["prob"]) < 1e-4
+
+
+def test_train_distilled_student_from_a_teacher_checkpoint(run_dir, tmp_path):
+    """`--distill-from` takes any vitkit checkpoint as the teacher (here the shared ViT run)."""
+    recipe = tmp_path / "student.yaml"
+    recipe.write_text(RECIPE.format(epochs=1).replace("vit_mini_patch4_28", "deit_mini_distilled_patch4_28"))
+    out = tmp_path / "student"
+    assert main(["train", "--config", str(recipe), "--output", str(out), "--distill-from", str(run_dir),
+                 "--distill", "soft", "--set", "distill_tau=2.0"]) == 0
+    recipe_used = json.loads((out / "config.json").read_text())["recipe"]
+    assert (recipe_used["distill_from"], recipe_used["distill"], recipe_used["distill_tau"]) == (str(run_dir), "soft", 2.0)
+    assert json.loads((out / "eval.json").read_text())["num_samples"] == 360
+
+
+def test_shipped_recipes_are_valid():
+    from vitkit.models import get_model_spec
+    from vitkit.train import TrainConfig
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert {"vit", "deit", "fmnist-vit", "fmnist-distilled", "fmnist-hybrid", "fmnist-cnn"} <= {p.stem for p in recipes}
+    for path in recipes:
+        cfg = TrainConfig.from_sources(path)
+        get_model_spec(cfg.model)  # raises for an unknown name
+        if cfg.distill_from:
+            assert "distilled" in cfg.model, path

@@ -34,7 +34,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                 warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
                 seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
-                **_parse_set(args.set))
+                distill_from=args.distill_from, distill=args.distill, **_parse_set(args.set))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,6 +97,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data-loading processes for image folders")
+    p.add_argument("--distill-from", metavar="TEACHER", help="teacher checkpoint for DeiT distillation (a vitkit "
+                   "folder, e.g. a CNN trained with recipes/fmnist-cnn.yaml); the model should be a deit_*_distilled_*")
+    p.add_argument("--distill", choices=["hard", "soft"], help="distillation loss (default hard, DeiT's best)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set clip_grad=0.5 (repeatable)")
 

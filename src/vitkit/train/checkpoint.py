@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import VitkitError
 from ..fileio import atomic_write
 from ..weights import load_model, save_vitkit
+from .finetune import input_geometry
 
 STATE_NAME = "train_state.pt"
 
@@ -41,13 +42,13 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
     """
     model = load_model(path, **overrides)
     meta = dict(getattr(model, "checkpoint_meta", {}))
-    chans = model.patch_embed.in_chans
+    chans, img_size = input_geometry(model)
     num_classes = getattr(model, "num_classes", 0)
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
     meta.setdefault("mean", [0.5] * chans)
     meta.setdefault("std", [0.5] * chans)
     meta.setdefault("in_chans", chans)
-    meta.setdefault("img_size", model.patch_embed.img_size[0])
+    meta.setdefault("img_size", img_size)
     if len(meta["classes"]) != num_classes:
         raise VitkitError(f"{path}: config lists {len(meta['classes'])} classes but the head has {num_classes} outputs")
     return model.eval(), meta

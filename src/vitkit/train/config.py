@@ -38,8 +38,22 @@ class TrainConfig:
     drop_path_rate: float = 0.1
     crop_padding: int = 2            # random crop after padding, 0 disables
     hflip: bool = True
+    resized_crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range, e.g. [0.08, 1]
+    randaugment: str | None = None   # timm's spec, e.g. "rand-m9-n2-mstd0.5" (DeiT's)
+    reprob: float = 0.0              # Random Erasing probability (DeiT: 0.25)
+    mixup: float = 0.0               # Mixup alpha (DeiT: 0.8); 0 disables
+    cutmix: float = 0.0              # CutMix alpha (DeiT: 1.0); 0 disables
+    mixup_prob: float = 1.0          # share of batches mixed at all
+    mixup_switch_prob: float = 0.5   # with both on: share of mixed batches that use CutMix
+    repeated_aug: int = 1            # repeated augmentation: each drawn image appears this many times (DeiT: 3)
+    ema_decay: float | None = None   # EMA of the weights; the EMA model is then the run's model
+    distill_from: str | None = None  # teacher checkpoint (DeiT distillation)
+    distill: str = "hard"            # hard | soft
+    distill_alpha: float = 0.5       # weight of the teacher's loss
+    distill_tau: float = 1.0         # soft distillation temperature
     val_fraction: float = 0.1        # folder datasets without a val/ folder
     workers: int | None = None
+    channels_last: bool = False      # NHWC memory layout: ~1.3x faster convolutions (CNNs, hybrid stems) on CPU
     compile: bool = False            # torch.compile the training step (fewer, fused kernels; compiles once)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None     # fine-tune: pretrained weights (any layout vitkit.weights reads)
@@ -62,8 +76,8 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise VitkitError(f"unknown training option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
-        if "betas" in values:
-            values = {**values, "betas": tuple(values["betas"])}
+        values = {k: tuple(v) if k in ("betas", "resized_crop_scale") and v is not None else v
+                  for k, v in values.items()}
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -73,10 +87,21 @@ class TrainConfig:
             raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise VitkitError("epochs, batch_size and lr must be positive")
+        if self.distill not in ("hard", "soft"):
+            raise VitkitError(f"distill must be hard or soft, got {self.distill!r}")
+        if self.repeated_aug < 1:
+            raise VitkitError(f"repeated_aug must be at least 1, got {self.repeated_aug}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise VitkitError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        for name in ("reprob", "mixup_prob", "mixup_switch_prob", "distill_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise VitkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        if self.resized_crop_scale is not None:
+            d["resized_crop_scale"] = list(self.resized_crop_scale)
         return d
 
 

@@ -16,17 +16,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import load_dataset, make_loader, normalize, random_crop_flip
+from ..data import BatchAugment, Mixup, load_dataset, make_loader
 from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
 from ..fileio import write_json, write_text
-from .checkpoint import STATE_NAME, load_train_state, save_checkpoint, save_train_state, unwrap
+from .checkpoint import STATE_NAME, load_checkpoint, load_train_state, save_checkpoint, save_train_state, unwrap
 from .config import TrainConfig
+from .distill import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
+from .ema import create_ema
 from .evaluate import evaluate_dataset
 from .finetune import freeze_body, input_geometry, load_pretrained, replace_head
 from .optim import cosine_lr, create_optimizer, set_lr
@@ -95,6 +96,19 @@ class Trainer:
         if len(source.get("mean", [])) == self.in_chans:
             self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
         self.model = build_model(cfg, len(self.classes), pretrained)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.augment = BatchAugment(self.mean, self.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
+                                    resized_crop_scale=cfg.resized_crop_scale, randaugment=cfg.randaugment,
+                                    reprob=cfg.reprob)
+        self.mixup = (Mixup(cfg.mixup, cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
+                            label_smoothing=cfg.label_smoothing, num_classes=len(self.classes))
+                      if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+        teacher = self._teacher() if cfg.distill_from else None
+        if teacher is not None and hasattr(self.model, "set_distilled_training"):
+            self.model.set_distilled_training(True)
+        self.criterion = TrainingLoss(cfg.label_smoothing, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+        self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
                                           cfg.layer_decay)
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
@@ -109,11 +123,30 @@ class Trainer:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
 
+    def _teacher(self) -> Teacher:
+        """The frozen teacher of DeiT distillation; it must predict this dataset's classes."""
+        model, meta = load_checkpoint(self.cfg.distill_from)
+        if list(meta["classes"]) != self.classes:
+            raise VitkitError(f"{self.cfg.distill_from}: the teacher predicts {len(meta['classes'])} classes "
+                              f"({', '.join(map(str, meta['classes'][:4]))}, ...), not this dataset's")
+        if meta["in_chans"] != self.in_chans:
+            raise VitkitError(f"{self.cfg.distill_from}: the teacher takes {meta['in_chans']} channels, "
+                              f"the student {self.in_chans}")
+        model = model.to(memory_format=torch.channels_last)
+        return Teacher(model, (self.mean, self.std), (meta["mean"], meta["std"]), meta["img_size"])
+
+    @property
+    def run_model(self) -> nn.Module:
+        """The model the run produces: the EMA of the weights when enabled, else the trained weights."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
     def _restore(self) -> None:
         state = load_train_state(self.out)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({e})") from None
         self.progress = state["progress"]
@@ -122,7 +155,16 @@ class Trainer:
     def _loader(self, epoch: int):
         return make_loader(self.train_ds, self.batch_per_rank, shuffle=True, seed=self.cfg.seed, epoch=epoch,
                            drop_last=True, rank=self.info.rank, world_size=self.info.world_size,
-                           num_workers=self.cfg.workers)
+                           num_workers=self.cfg.workers, repeats=self.cfg.repeated_aug)
+
+    def _inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented, normalised (and mixed) inputs with their targets: int labels, or soft ones when mixed."""
+        x = self.augment(images)
+        if self.mixup is not None:
+            x, labels = self.mixup(x, labels)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """What a checkpoint's config.json records besides the architecture."""
@@ -142,15 +184,16 @@ class Trainer:
         for images, labels in bar:
             lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
             set_lr(self.optimizer, lr)
-            images = random_crop_flip(images, cfg.crop_padding, cfg.hflip) if (cfg.crop_padding or cfg.hflip) else images
+            x, targets = self._inputs(images, labels)
             with autocast(self.precision):
-                loss = F.cross_entropy(model(normalize(images, self.mean, self.std)), labels,
-                                       label_smoothing=cfg.label_smoothing)
+                loss = self.criterion(model(x), targets, x)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(unwrap(self.model))
             self.progress["step"] += 1
             loss_sum += loss.detach().float() * len(labels)
             n += len(labels)
@@ -165,8 +208,8 @@ class Trainer:
             dist.all_reduce(stats)
         return (stats[0] / stats[1]).item()
 
-    def evaluate(self) -> dict[str, Any]:
-        return evaluate_dataset(unwrap(self.model), self.eval_ds, self.mean, self.std,
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
+        return evaluate_dataset(model or self.run_model, self.eval_ds, self.mean, self.std,
                                 batch_size=max(self.cfg.batch_size, 256), precision=self.precision,
                                 workers=self.cfg.workers)
 
@@ -175,20 +218,23 @@ class Trainer:
                "eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
                "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
                "train_seconds": self.progress["train_seconds"]}
+        if self.ema is not None:  # the EMA is the run's model; the raw weights' accuracy shows what it adds
+            row["raw_top1"] = self.evaluate(unwrap(self.model))["top1"]
         self.progress["history"].append(row)
         self.progress["epoch"] = epoch + 1
         summary = {k: row[k] for k in ("epoch", "eval_top1", "eval_top5", "eval_loss")}
-        save_checkpoint(self.out, self.model, self.meta(metrics=summary))
+        save_checkpoint(self.out, self.run_model, self.meta(metrics=summary))
         if metrics["top1"] > self.progress["best_top1"]:
             self.progress["best_top1"] = metrics["top1"]
-            save_checkpoint(self.out / "best", self.model, self.meta(metrics=summary))
+            save_checkpoint(self.out / "best", self.run_model, self.meta(metrics=summary))
         lines = "".join(json.dumps(h) + "\n" for h in self.progress["history"])
         write_text(self.out / "metrics.jsonl", lines)
         plot_curves(self.progress["history"], self.out / "curves.png")
         # Written last: once this lands, the epoch is complete on disk.
         save_train_state(self.out, {"model": unwrap(self.model).state_dict(),
                                     "optimizer": self.optimizer.state_dict(), "progress": self.progress,
-                                    "config": self.cfg.to_dict()})
+                                    "config": self.cfg.to_dict(),
+                                    **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
         _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  "
                         f"eval top-1 {100 * metrics['top1']:.2f}%  ({seconds:.0f}s)")
 
@@ -215,7 +261,7 @@ class Trainer:
     def final_report(self, wall_seconds: float) -> dict[str, Any]:
         """eval.json + confusion.png for the last model on the held-out split."""
         metrics = self.evaluate()
-        report = {"model": unwrap(self.model).model_name or self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
+        report = {"model": self.run_model.model_name or self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
                   "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
                   "processes": self.info.world_size, "threads": torch.get_num_threads(),
                   "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..weights import load_model
+from ..weights.build import HEADS
 
 
 def load_pretrained(source: str | Path, img_size: int | None = None, patch_size: int | None = None,
@@ -26,20 +27,25 @@ def load_pretrained(source: str | Path, img_size: int | None = None, patch_size:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Drop the pretraining head (pre-logits included) for a zero-initialised D×K linear layer."""
-    if not isinstance(model.pre_logits, nn.Identity):
+    kwargs = {**model.model_kwargs, "num_classes": num_classes}
+    if not isinstance(getattr(model, "pre_logits", nn.Identity()), nn.Identity):
         model.pre_logits = nn.Identity()
         model.num_features = model.embed_dim
+        kwargs["representation_size"] = None
     model.reset_classifier(num_classes, zero_init=True)
-    model.model_kwargs = {**model.model_kwargs, "num_classes": num_classes, "representation_size": None}
+    model.model_kwargs = kwargs
     return model
 
 
 def input_geometry(model: nn.Module) -> tuple[int, int]:
-    """(in_chans, img_size) a model takes."""
-    return model.patch_embed.in_chans, model.patch_embed.img_size[0]
+    """(in_chans, img_size) a model takes; a CNN (no patch embedding) takes its build size, else 224."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None:
+        return embed.in_chans, embed.img_size[0]
+    return model.in_chans, getattr(model, "img_size", None) or 224
 
 
 def freeze_body(model: nn.Module) -> None:
     """Linear probe: only the head learns; the body is a fixed feature extractor."""
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("head.")
+        p.requires_grad = name.startswith(HEADS)
