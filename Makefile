@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUN    ?= runs/demo
 
-.PHONY: setup setup-test data demo test bench clean
+.PHONY: setup setup-test data demo test bench recipes clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,14 @@ test: setup-test data
 	$(BIN)/python -m pytest -q
 
 bench: setup-test
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/report.py benchmarks/results/cpu.json
+
+# Issue 3's table: every Fashion-MNIST recipe, one after another (each up to ~50 minutes on 2 cores).
+RECIPES ?= fmnist-cnn fmnist-distilled fmnist-hybrid fmnist-vit vit deit
+recipes: setup data
+	$(BIN)/python benchmarks/recipes.py run $(RECIPES)
+	$(BIN)/python benchmarks/recipes.py report
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,97 @@
+"""Fashion-MNIST accuracy vs training wall-clock for each recipe file (issue 3's table and figure).
+
+    python benchmarks/recipes.py run fmnist-cnn fmnist-hybrid ...   # train recipes/NAME.yaml -> runs/NAME
+    python benchmarks/recipes.py report                            # results/recipes.json + docs/figures/recipes.png
+
+`run` trains each recipe one after another (never two at once: they would share the 2 cores and
+each time would be wrong), resuming a run that was killed. `report` reads every finished run folder,
+writes the JSON, prints the README table and draws top-1 against cumulative training minutes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+RESULT = ROOT / "benchmarks" / "results" / "recipes.json"
+FIGURE = ROOT / "docs" / "figures" / "recipes.png"
+TARGETS = {"fmnist-vit": 0.94, "fmnist-distilled": 0.95, "fmnist-hybrid": 0.95}  # issue 3, each <= 60 min
+LIMIT_SECONDS = 3600
+VITKIT = [sys.executable, "-m", "vitkit"]
+
+
+def run(names: list[str]) -> None:
+    for name in names:
+        out = RUNS / name
+        if (out / "eval.json").exists():
+            print(f"{name}: done already ({out})")
+            continue
+        cmd = VITKIT + (["train", "--resume", str(out)] if (out / "train_state.pt").exists() else
+                        ["train", "--config", str(ROOT / "recipes" / f"{name}.yaml"), "--output", str(out)])
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def _row(name: str, run_dir: Path) -> dict:
+    report = json.loads((run_dir / "eval.json").read_text())
+    recipe = json.loads((run_dir / "config.json").read_text())["recipe"]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    target = TARGETS.get(name)
+    return {
+        "recipe": f"recipes/{name}.yaml", "model": report["model"], "params": report["params"],
+        "epochs": report["epochs"], "top1": report["top1"], "top5": report["top5"],
+        "train_seconds": report["train_seconds"], "precision": report["precision"], "threads": report["threads"],
+        "best_epoch_top1": max(h["eval_top1"] for h in history),
+        "teacher": recipe.get("distill_from"),
+        "target_top1": target,
+        "met": None if target is None else report["top1"] >= target and report["train_seconds"] <= LIMIT_SECONDS,
+        "curve": [{"epoch": h["epoch"], "train_seconds": h["train_seconds"], "eval_top1": h["eval_top1"],
+                   **({"raw_top1": h["raw_top1"]} if "raw_top1" in h else {})} for h in history],
+    }
+
+
+def report() -> dict:
+    names = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    rows = {n: _row(n, RUNS / n) for n in names if (RUNS / n / "eval.json").exists()}
+    result = {"dataset": "fashion-mnist", "split": "test", "runs": rows,
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}}
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print("| recipe | model | params | epochs | test top-1 | training time | target |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1]["top1"]):
+        target = "" if r["target_top1"] is None else \
+            f"≥ {100 * r['target_top1']:.0f}%: {'met' if r['met'] else 'not met'}"
+        print(f"| `{r['recipe']}` | `{r['model']}` | {r['params'] / 1e6:.2f}M | {r['epochs']} | "
+              f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min | {target} |")
+    _plot(rows)
+    return result
+
+
+def _plot(rows: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in sorted(rows.items()):
+        ax.plot([c["train_seconds"] / 60 for c in r["curve"]], [100 * c["eval_top1"] for c in r["curve"]],
+                marker="o", markersize=3, label=f"{name} ({100 * r['top1']:.2f}%)")
+    ax.set(xlabel="training wall-clock (minutes, 2-core CPU)", ylabel="Fashion-MNIST test top-1 (%)",
+           title="Accuracy vs training time, one run per recipe file", ylim=(80, 96))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=120)
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:] or ["report"]
+    run(args) if command == "run" else report()
