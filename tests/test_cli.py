@@ -103,6 +103,7 @@ def test_models_lists_counts(capsys):
     (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
     (["models", "swin*"], "no model matches"),
+    (["train", "--set", "randaugment=rand-x9", "--epochs", "1"], "randaugment"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,

@@ -78,15 +78,22 @@ def test_teacher_renormalises_and_resizes_the_students_input():
     torch.testing.assert_close(seen["x"], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_ema_moves_by_one_minus_decay():
-    model = nn.Linear(3, 2)
-    ema = create_ema(model, decay=0.9)
-    ema.update_parameters(model)  # first update copies
-    start = ema.module.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update_parameters(model)
-    torch.testing.assert_close(ema.module.weight, 0.9 * start + 0.1 * model.weight.detach())
+def test_ema_is_the_bias_corrected_weighted_mean_of_the_steps():
+    """After steps with weights W1..Wt the EMA is sum d^(t-i) Wi / sum d^(t-i): no share left to W1 by default."""
+    model, d = nn.Linear(3, 2), 0.9
+    ema = create_ema(model, decay=d)
+    history = []
+    for _ in range(4):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        history.append(model.weight.detach().clone())
+        ema.update_parameters(model)
+    weights = torch.tensor([d ** (len(history) - 1 - i) for i in range(len(history))])
+    want = sum(w * h for w, h in zip(weights, history)) / weights.sum()
+    torch.testing.assert_close(ema.module.weight, want)
+    for _ in range(3):  # constant weights: the average converges to them
+        ema.update_parameters(model)
+    assert (ema.module.weight - model.weight).abs().max() < (history[-2] - model.weight).abs().max()
 
 
 def test_deit_recipe_trains_with_ema(tmp_path):
@@ -122,3 +129,25 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
     save_vitkit(teacher, tmp_path / "t", classes=["a", "b", "c"], mean=[0.5], std=[0.5], in_chans=1, img_size=16)
     with pytest.raises(VitkitError, match="teacher predicts 3 classes"):
         train(digits_config(tmp_path / "s", epochs=1, distill_from=str(tmp_path / "t")))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (dict(randaugment="rand-x9"), "randaugment"),
+    (dict(resized_crop_scale=0.5), "resized_crop_scale must be a pair"),
+    (dict(resized_crop_scale=[0, 1]), "resized_crop_scale must be"),
+    (dict(mixup=-1.0), "mixup and cutmix must be >= 0"),
+    (dict(distill_tau=0.0), "distill_tau > 0"),
+])
+def test_bad_recipe_values_are_clear_errors(tmp_path, override, fragment):
+    from vitkit.errors import VitkitError
+    with pytest.raises(VitkitError, match=fragment):
+        digits_config(tmp_path, **override)
+
+
+def test_unfinished_teacher_run_is_refused(tmp_path, monkeypatch):
+    from vitkit.errors import VitkitError
+    train(digits_config(tmp_path / "t", epochs=1))
+    (tmp_path / "t" / "eval.json").unlink()  # as if killed before the end
+    with pytest.raises(VitkitError, match="has not finished"):
+        train(digits_config(tmp_path / "s", epochs=1, model="deit_mini_distilled_patch4_28",
+                            distill_from=str(tmp_path / "t")))

@@ -44,7 +44,15 @@ class Killed(Exception):
     pass
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+DEIT_OPTIONS = dict(ema_decay=0.9, mixup=0.8, cutmix=1.0, repeated_aug=2, randaugment="rand-m9-mstd0.5-inc1",
+                   reprob=0.25, crop_padding=1, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("options", [{}, DEIT_OPTIONS], ids=["plain", "deit-recipe-with-ema"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, options):
+    def digits_config(out, **kw):  # noqa: F811 - the module's, with the options under test
+        return globals()["digits_config"](out, **options, **kw)
+
     full = train(digits_config(tmp_path / "full"))
 
     original = Trainer._save_epoch

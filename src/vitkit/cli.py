@@ -272,6 +272,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .train import load_checkpoint
 
     model, cfg = load_checkpoint(args.checkpoint)
+    if not hasattr(model, "blocks"):
+        raise VitkitError(f"{args.checkpoint}: explain draws a Vision Transformer's attention; this checkpoint "
+                          f"holds a {type(model).__name__}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.figure == "attention-distance":

@@ -39,7 +39,7 @@ class TrainConfig:
     crop_padding: int = 2            # random crop after padding, 0 disables
     hflip: bool = True
     resized_crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range, e.g. [0.08, 1]
-    randaugment: str | None = None   # timm's spec, e.g. "rand-m9-n2-mstd0.5" (DeiT's)
+    randaugment: str | None = None   # timm's spec, e.g. DeiT's "rand-m9-mstd0.5-inc1"
     reprob: float = 0.0              # Random Erasing probability (DeiT: 0.25)
     mixup: float = 0.0               # Mixup alpha (DeiT: 0.8); 0 disables
     cutmix: float = 0.0              # CutMix alpha (DeiT: 1.0); 0 disables
@@ -76,8 +76,12 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise VitkitError(f"unknown training option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
-        values = {k: tuple(v) if k in ("betas", "resized_crop_scale") and v is not None else v
-                  for k, v in values.items()}
+        for key in ("betas", "resized_crop_scale"):
+            pair = values.get(key)
+            if pair is not None:
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise VitkitError(f"{key} must be a pair of numbers, e.g. [0.08, 1.0], got {pair!r}")
+                values = {**values, key: tuple(float(v) for v in pair)}
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -96,6 +100,18 @@ class TrainConfig:
         for name in ("reprob", "mixup_prob", "mixup_switch_prob", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise VitkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mixup < 0 or self.cutmix < 0 or not 0.0 <= self.label_smoothing < 1.0 or self.distill_tau <= 0:
+            raise VitkitError("mixup and cutmix must be >= 0, label_smoothing in [0, 1) and distill_tau > 0")
+        low, high = self.resized_crop_scale or (1.0, 1.0)
+        if not 0.0 < low <= high <= 1.0:
+            raise VitkitError(f"resized_crop_scale must be [low, high] with 0 < low <= high <= 1, "
+                              f"got {list(self.resized_crop_scale)}")
+        if self.randaugment:
+            from ..data.augment import RandAugment  # kornia is imported only when augmenting
+            try:
+                RandAugment.from_spec(self.randaugment)
+            except ValueError as e:
+                raise VitkitError(f"randaugment: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -83,10 +83,9 @@ class TrainingLoss(nn.Module):
 
     def forward(self, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor,
                 inputs: torch.Tensor) -> torch.Tensor:
-        cls_out, dist_out = output if isinstance(output, tuple) else (output, output)
         if self.teacher is None:
-            return classification_loss((cls_out + dist_out) / 2 if isinstance(output, tuple) else cls_out,
-                                       targets, self.label_smoothing)
+            return classification_loss(output, targets, self.label_smoothing)
+        cls_out, dist_out = output if isinstance(output, tuple) else (output, output)
         base = classification_loss(cls_out, targets, self.label_smoothing)
         distill = distillation_loss(dist_out, self.teacher(inputs), self.mode, self.tau)
         return (1 - self.alpha) * base + self.alpha * distill

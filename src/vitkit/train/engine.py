@@ -98,16 +98,8 @@ class Trainer:
         self.model = build_model(cfg, len(self.classes), pretrained)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.augment = BatchAugment(self.mean, self.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
-                                    resized_crop_scale=cfg.resized_crop_scale, randaugment=cfg.randaugment,
-                                    reprob=cfg.reprob)
-        self.mixup = (Mixup(cfg.mixup, cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
-                            label_smoothing=cfg.label_smoothing, num_classes=len(self.classes))
-                      if cfg.mixup > 0 or cfg.cutmix > 0 else None)
-        teacher = self._teacher() if cfg.distill_from else None
-        if teacher is not None and hasattr(self.model, "set_distilled_training"):
-            self.model.set_distilled_training(True)
-        self.criterion = TrainingLoss(cfg.label_smoothing, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+        self.augment, self.mixup = self._augmentation()
+        self.criterion = self._criterion()
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
                                           cfg.layer_decay)
@@ -123,8 +115,36 @@ class Trainer:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
 
+    def _augmentation(self) -> tuple[BatchAugment, Mixup | None]:
+        cfg = self.cfg
+        augment = BatchAugment(self.mean, self.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
+                               resized_crop_scale=cfg.resized_crop_scale, randaugment=cfg.randaugment,
+                               reprob=cfg.reprob)
+        if cfg.mixup == 0 and cfg.cutmix == 0:
+            return augment, None
+        return augment, Mixup(cfg.mixup, cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
+                              label_smoothing=cfg.label_smoothing, num_classes=len(self.classes))
+
+    def _criterion(self) -> TrainingLoss:
+        """Cross-entropy, plus the teacher's term when distilling: on the distillation head of a
+        ``deit_*_distilled_*`` model, else blended on the single head (classic knowledge distillation)."""
+        cfg = self.cfg
+        teacher = self._teacher() if cfg.distill_from else None
+        if teacher is not None and hasattr(self.model, "set_distilled_training"):
+            try:
+                self.model.set_distilled_training(True)
+            except ValueError as e:
+                raise VitkitError(f"--distill-from: {e}") from None
+        elif teacher is not None:
+            _log(self.info, f"{cfg.model} has no distillation token: the teacher's loss is blended on its one head")
+        return TrainingLoss(cfg.label_smoothing, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+
     def _teacher(self) -> Teacher:
         """The frozen teacher of DeiT distillation; it must predict this dataset's classes."""
+        folder = Path(self.cfg.distill_from)
+        if (folder / STATE_NAME).exists() and not (folder / "eval.json").exists():
+            raise VitkitError(f"{folder}: this run has not finished (no eval.json): resume it first, or pass "
+                              f"{folder / 'best'} to distil from its best epoch so far")
         model, meta = load_checkpoint(self.cfg.distill_from)
         if list(meta["classes"]) != self.classes:
             raise VitkitError(f"{self.cfg.distill_from}: the teacher predicts {len(meta['classes'])} classes "
