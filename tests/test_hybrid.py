@@ -44,3 +44,16 @@ def test_r50_hybrid_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(back(x), m(x), atol=0, rtol=0)
+
+
+def test_resnet_hybrid_backbone_is_the_cnn_teachers_stages():
+    """vit_hybrid_resnet_mini_28 runs resnet_mini_28's three stages: a trained teacher's weights fit it."""
+    cnn = vitkit.create_model("resnet_mini_28").eval()
+    m = vitkit.create_model("vit_hybrid_resnet_mini_28").eval()
+    assert m.patch_embed.grid_size == (7, 7) and m.patch_embed.patch_size == (4, 4)
+    weights = {k: v for k, v in cnn.state_dict().items() if not k.startswith("fc.")}
+    m.patch_embed.backbone.load_state_dict(weights, strict=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m.patch_embed.backbone.forward_features(x), cnn.forward_features(x))
+        assert m.patch_embed(x).shape == (2, 7, 7, 128) and m(x).shape == (2, 10)

@@ -90,3 +90,8 @@ register_model("vit_hybrid_mini_28", hybrid_vit,
                "hybrid for 28x28 grayscale: 3-layer conv stem (stride 4) -> 7x7 tokens, D192 x 4 blocks",
                img_size=28, patch_size=1, in_chans=1, num_classes=10, embed_dim=192, depth=4, num_heads=6,
                mlp_ratio=2.0, class_token=False, global_pool="avg", stem_widths=(32, 64, 128))
+register_model("vit_hybrid_resnet_mini_28", hybrid_vit,
+               "hybrid for 28x28 grayscale: resnet_mini_28's three stages (stride 4) -> 7x7 tokens, D128 x 4 blocks",
+               img_size=28, patch_size=1, in_chans=1, num_classes=10, embed_dim=128, depth=4, num_heads=4,
+               mlp_ratio=2.0, class_token=False, global_pool="avg",
+               backbone=dict(block="basic", layers=(2, 2, 2), widths=(32, 64, 128), stem="small", stem_width=32))
