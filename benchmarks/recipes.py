@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from vitkit.train.precision import cpu_name
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 RESULT = ROOT / "benchmarks" / "results" / "recipes.json"
@@ -50,6 +52,7 @@ def _row(name: str, run_dir: Path) -> dict:
         "recipe": f"recipes/{name}.yaml", "model": report["model"], "params": report["params"],
         "epochs": report["epochs"], "top1": report["top1"], "top5": report["top5"],
         "train_seconds": report["train_seconds"], "precision": report["precision"], "threads": report["threads"],
+        "cpu": report.get("cpu") or cpu_name(),  # older runs did not record it: `report` runs where they ran
         "best_epoch_top1": max(h["eval_top1"] for h in history),
         "teacher": recipe.get("distill_from"),
         "target_top1": target,
@@ -66,16 +69,22 @@ def report() -> dict:
     result = {"dataset": "fashion-mnist", "split": "test", "runs": rows,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}}
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print("| recipe | model | params | epochs | test top-1 | training time | threads | target |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("| recipe | model | params | epochs | test top-1 | training time | threads | CPU | target |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
     for name, r in sorted(rows.items(), key=lambda kv: kv[1]["top1"]):
         target = "" if r["target_top1"] is None else \
             f"≥ {100 * r['target_top1']:.0f}%: {'met' if r['met'] else 'not met'}"
         lost = " †" if "source" in r else ""  # final figures only: the run folder is gone
         print(f"| `{r['recipe']}`{lost} | `{r['model']}` | {r['params'] / 1e6:.2f}M | {r['epochs']} | "
-              f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min | {r['threads']} | {target} |")
+              f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min | {r['threads']} | {_short_cpu(r.get('cpu'))} | {target} |")
     _plot(rows)
     return result
+
+
+def _short_cpu(cpu: str | None) -> str:
+    if not cpu or cpu.startswith("not recorded"):
+        return "?"
+    return cpu.replace("(R)", "").replace(" Processor", "")
 
 
 def _plot(rows: dict) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vitkit.train.precision import cpu_name
+
 
 def main(run: Path, name: str = "demo") -> dict:
     report = json.loads((run / "eval.json").read_text())
@@ -26,8 +28,7 @@ def main(run: Path, name: str = "demo") -> dict:
         "target": {"top1": 0.90, "train_seconds": 600},
         "met": report["top1"] >= 0.90 and report["train_seconds"] <= 600,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name")), "unknown")},
+                    "cpu": report.get("cpu") or cpu_name()},
     }
     out = Path(__file__).parent / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)

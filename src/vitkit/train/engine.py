@@ -32,7 +32,7 @@ from .evaluate import evaluate_dataset
 from .finetune import freeze_body, input_geometry, load_pretrained, replace_head
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
-from .precision import autocast, resolve_precision
+from .precision import autocast, cpu_name, resolve_precision
 
 
 def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
@@ -283,7 +283,7 @@ class Trainer:
         metrics = self.evaluate()
         report = {"model": self.run_model.model_name or self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
                   "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
-                  "processes": self.info.world_size, "threads": torch.get_num_threads(),
+                  "processes": self.info.world_size, "threads": torch.get_num_threads(), "cpu": cpu_name(),
                   "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,
                   **metrics}
         write_json(self.out / "eval.json", report)

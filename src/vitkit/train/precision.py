@@ -22,6 +22,17 @@ def cpu_has_bf16() -> bool:
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name: training times mean little without it (an AMX Xeon ran the demo 1.5x faster
+    than an AMD EPYC with the same two cores)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+
+
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" or cpu_has_bf16() else "fp32"
