@@ -37,6 +37,7 @@ from peers import lucidrains_vit, hf_vit, peers  # noqa: E402
 
 from vitkit.inference import prepare_for_inference  # noqa: E402
 from vitkit.models import create_model  # noqa: E402
+from vitkit.train.precision import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = {  # registry name -> architecture as the peers take it
@@ -231,8 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     gemm_start = gemm_rates()
     print(f"GEMM at start: {gemm_start['fp32']:.0f} GFLOP/s fp32, {gemm_start['bf16']:.0f} bf16", flush=True)
-    result: dict = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or
-                        platform.machine(), load_avg_start=os.getloadavg(), quick=args.quick)
+    result: dict = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), load_avg_start=os.getloadavg(), quick=args.quick)
     inference = bench_inference(args.quick) if args.part in ("all", "inference") else []
     training = bench_training(args.quick) if args.part in ("all", "training") else []
     gemm_end = gemm_rates()
