@@ -57,3 +57,15 @@ def test_resnet_hybrid_backbone_is_the_cnn_teachers_stages():
     with torch.no_grad():
         torch.testing.assert_close(m.patch_embed.backbone.forward_features(x), cnn.forward_features(x))
         assert m.patch_embed(x).shape == (2, 7, 7, 128) and m(x).shape == (2, 10)
+
+
+def test_hybrid_size_off_the_stride_is_refused_and_hybrids_do_not_export_to_hf(tmp_path):
+    import pytest
+    from vitkit.errors import VitkitError
+    from vitkit.weights import save_hf
+    with pytest.raises(ValueError, match="multiple of 4x4"):
+        vitkit.create_model("vit_hybrid_resnet_mini_28", img_size=30)  # 8x8 features vs a 7x7 grid otherwise
+    with pytest.raises(VitkitError, match="hybrid"):
+        save_hf(vitkit.create_model("vit_base_r50_s16_224", depth=1, img_size=64), tmp_path / "hf")
+    with pytest.raises(VitkitError, match="not a ViT"):
+        save_hf(vitkit.create_model("resnet_mini_28"), tmp_path / "hf2")

@@ -131,3 +131,15 @@ def test_layer_decay_scales_learning_rate_by_depth():
     assert scale["blocks.5.mlp.fc1.weight"] == 0.5 and scale["blocks.0.attn.qkv.weight"] == 0.5 ** 6
     assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 7
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"reprob": "high"}, "reprob must be a number, got 'high'"),
+    ({"repeated_aug": 3.0}, "repeated_aug must be an integer"),
+    ({"resized_crop_scale": ["a", 1]}, "resized_crop_scale must be a pair of numbers"),
+    ({"ema_decay": True}, "ema_decay must be a number"),
+])
+def test_recipe_values_of_the_wrong_type_are_named(values, message):
+    with pytest.raises(VitkitError, match=message):
+        TrainConfig.from_dict(values)
+    assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers

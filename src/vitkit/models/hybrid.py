@@ -57,6 +57,10 @@ class HybridEmbed(nn.Module):
         self.feature_patch = to_2tuple(patch_size)  # patch size on the feature map (the paper uses 1)
         stride = self.backbone.stride
         self.patch_size = (stride * self.feature_patch[0], stride * self.feature_patch[1])  # in input pixels
+        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
+            raise ValueError(f"a hybrid's image size must be a multiple of its patch size in pixels "
+                             f"(backbone stride x patch): {self.img_size[0]}x{self.img_size[1]} is not a "
+                             f"multiple of {self.patch_size[0]}x{self.patch_size[1]}")
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size

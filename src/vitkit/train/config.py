@@ -79,9 +79,14 @@ class TrainConfig:
         for key in ("betas", "resized_crop_scale"):
             pair = values.get(key)
             if pair is not None:
-                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_number(v) for v in pair):
                     raise VitkitError(f"{key} must be a pair of numbers, e.g. [0.08, 1.0], got {pair!r}")
                 values = {**values, key: tuple(float(v) for v in pair)}
+        for f in dataclasses.fields(cls):  # numbers must be numbers: YAML and --set hand over strings too
+            kind = str(f.type).removesuffix(" | None")
+            value = values.get(f.name)
+            if kind in ("int", "float") and value is not None and not _is_number(value, integer=kind == "int"):
+                raise VitkitError(f"{f.name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -119,6 +124,10 @@ class TrainConfig:
         if self.resized_crop_scale is not None:
             d["resized_crop_scale"] = list(self.resized_crop_scale)
         return d
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

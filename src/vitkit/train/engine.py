@@ -61,7 +61,10 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: nn.Module | None
     _, img_size = model_input_shape(cfg)
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_rate=cfg.drop_rate,
                   drop_path_rate=cfg.drop_path_rate)
-    return create_model(cfg.model, **{**kwargs, **cfg.model_kwargs})
+    try:
+        return create_model(cfg.model, **{**kwargs, **cfg.model_kwargs})
+    except (TypeError, ValueError) as e:  # a size or keyword this architecture cannot take
+        raise VitkitError(f"{cfg.model}: {e}") from None
 
 
 def _seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> None:
@@ -229,7 +232,7 @@ class Trainer:
         return (stats[0] / stats[1]).item()
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
-        return evaluate_dataset(model or self.run_model, self.eval_ds, self.mean, self.std,
+        return evaluate_dataset(self.run_model if model is None else model, self.eval_ds, self.mean, self.std,
                                 batch_size=max(self.cfg.batch_size, 256), precision=self.precision,
                                 workers=self.cfg.workers)
 
