@@ -20,7 +20,6 @@ import copy
 import ctypes
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -232,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     gemm_start = gemm_rates()
     print(f"GEMM at start: {gemm_start['fp32']:.0f} GFLOP/s fp32, {gemm_start['bf16']:.0f} bf16", flush=True)
-    result: dict = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), load_avg_start=os.getloadavg(), quick=args.quick)
+    result: dict = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(),
+                        load_avg_start=os.getloadavg(), quick=args.quick)
     inference = bench_inference(args.quick) if args.part in ("all", "inference") else []
     training = bench_training(args.quick) if args.part in ("all", "training") else []
     gemm_end = gemm_rates()

@@ -76,7 +76,8 @@ def report() -> dict:
             f"≥ {100 * r['target_top1']:.0f}%: {'met' if r['met'] else 'not met'}"
         lost = " †" if "source" in r else ""  # final figures only: the run folder is gone
         print(f"| `{r['recipe']}`{lost} | `{r['model']}` | {r['params'] / 1e6:.2f}M | {r['epochs']} | "
-              f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min | {r['threads']} | {_short_cpu(r.get('cpu'))} | {target} |")
+              f"{100 * r['top1']:.2f}% | {r['train_seconds'] / 60:.1f} min | {r['threads']} | "
+              f"{_short_cpu(r.get('cpu'))} | {target} |")
     _plot(rows)
     return result
 
