@@ -1,9 +1,12 @@
 """The hybrid ViT: a CNN stem's feature map, cut into 1x1 patches, feeds the plain ViT encoder."""
+import pytest
 import torch
 
 import vitkit
+from vitkit.errors import VitkitError
 from vitkit.models import VisionTransformer
 from vitkit.models.hybrid import HybridEmbed
+from vitkit.train.finetune import init_backbone
 from vitkit.weights import load_model, save_vitkit
 
 
@@ -57,6 +60,23 @@ def test_resnet_hybrid_backbone_is_the_cnn_teachers_stages():
     with torch.no_grad():
         torch.testing.assert_close(m.patch_embed.backbone.forward_features(x), cnn.forward_features(x))
         assert m.patch_embed(x).shape == (2, 7, 7, 128) and m(x).shape == (2, 10)
+
+
+def test_backbone_from_a_trained_cnn_checkpoint(tmp_path):
+    """``backbone_from`` (recipe field) loads a CNN run's stages into the hybrid, its classifier left out."""
+    cnn = vitkit.create_model("resnet_mini_28").eval()
+    with torch.no_grad():
+        cnn.layer2[0].bn1.running_var.uniform_(0.5, 2.0)
+    save_vitkit(cnn, tmp_path / "cnn", classes=[str(i) for i in range(10)])
+    m = vitkit.create_model("vit_hybrid_resnet_mini_28").eval()
+    init_backbone(m, tmp_path / "cnn")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m.patch_embed.backbone.forward_features(x), cnn.forward_features(x))
+    with pytest.raises(VitkitError, match="has no CNN backbone"):
+        init_backbone(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "cnn")
+    with pytest.raises(VitkitError, match="missing tensor"):  # the conv-stem hybrid's stages are not a ResNet's
+        init_backbone(vitkit.create_model("vit_hybrid_mini_28"), tmp_path / "cnn")
 
 
 def test_hybrid_size_off_the_stride_is_refused_and_hybrids_do_not_export_to_hf(tmp_path):

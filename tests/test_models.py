@@ -83,6 +83,47 @@ def test_attention_hook_sees_probabilities():
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 5))
 
 
+def test_attention_for_first_queries_equals_reference_rows():
+    attn = Attention(48, num_heads=3).eval()
+    x = torch.randn(2, 10, 48)
+    ref = _manual_attention(attn, x)[:, :2]
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, queries=2), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x.requires_grad_(), queries=2).detach(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit_mini_patch4_28", "deit_mini_distilled_patch4_28"])
+def test_last_block_on_prefix_tokens_only_keeps_logits_and_grads(name):
+    """forward() updates only the [class]/distillation tokens in the last block; the logits and
+    every gradient must equal the full computation's (forward_features then forward_head)."""
+    model = vitkit.create_model(name, drop_path_rate=0.2).train()
+    x = torch.randn(3, 1, 28, 28)
+
+    def run(fn):
+        torch.manual_seed(0)  # same stochastic-depth draws on both paths
+        out = fn(x)
+        loss = sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out,)))
+        model.zero_grad()
+        loss.backward()
+        return out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    fast, fast_grads = run(model)
+    full, full_grads = run(lambda x: model.forward_head(model.forward_features(x)))
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == full_grads.keys()
+    for k in full_grads:
+        torch.testing.assert_close(fast_grads[k], full_grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_full_last_block_when_its_attention_is_watched():
+    model = vitkit.create_model("vit_mini_patch4_28").eval()
+    seen = []
+    model.blocks[-1].attn.attn_hook = lambda mod, a: seen.append(a.shape)
+    with torch.no_grad():
+        model(torch.randn(2, 1, 28, 28))
+    assert seen == [(2, 4, 50, 50)]
+
+
 def test_class_token_vs_avg_pool():
     tok = VisionTransformer(**TINY)
     avg = VisionTransformer(**TINY, class_token=False, global_pool="avg")

@@ -122,6 +122,17 @@ def test_no_weight_decay_on_norms_biases_and_tokens():
     assert no_decay["weight_decay"] == 0.0
 
 
+def test_layer_decay_on_a_cnn_is_refused():
+    with pytest.raises(ValueError, match="layer_decay needs a model with Transformer blocks"):
+        param_groups(vitkit.create_model("resnet_mini_28"), 0.05, layer_decay=0.75)
+
+
+def test_resume_with_ema_switched_on_names_the_setting(tmp_path):
+    train(digits_config(tmp_path, epochs=1))
+    with pytest.raises(VitkitError, match="trained without an EMA"):
+        train(digits_config(tmp_path, epochs=2, ema_decay=0.9), resume=True)
+
+
 def test_layer_decay_scales_learning_rate_by_depth():
     model = vitkit.create_model("vit_mini_patch4_28")  # depth 6
     groups = param_groups(model, 0.05, layer_decay=0.5)

@@ -72,10 +72,13 @@ class Attention(nn.Module):
         self.attn_hook: AttentionHook | None = None
         self.fused_attn = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """``queries=m``: only the first m tokens attend (to all n); the output is [B, m, D]."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        if queries is not None:
+            q, n = q[:, :, :queries], queries
         if self.attn_hook is None and self._use_fused(x):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
@@ -151,6 +154,10 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """``queries=m`` updates only the first m tokens (attending to all): the last block of a
+        model whose head reads only its prefix tokens needs nothing else."""
+        attended = self.attn(self.norm1(x), queries)
+        x = x if queries is None else x[:, :queries]
+        x = x + self.drop_path1(self.ls1(attended))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

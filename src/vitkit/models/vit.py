@@ -138,4 +138,18 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        if not self._head_reads_prefix_only():
+            return self.forward_head(self.forward_features(x))
+        # The head reads only the [class] (and distillation) token, so the last block updates only
+        # those: same logits, about 3/4 of one block's work saved (what CaiT's class attention
+        # makes architectural).
+        x = self._pos_embed(self.patch_embed(x))
+        *first, last = self.blocks
+        for block in first:
+            x = block(x)
+        return self.forward_head(self.norm(last(x, queries=self.num_prefix_tokens)))
+
+    def _head_reads_prefix_only(self) -> bool:
+        """False when every token's final state is wanted: no pooling, mean pooling, or an
+        attention hook on the last block (which expects the full attention matrix)."""
+        return self.global_pool == "token" and len(self.blocks) > 0 and self.blocks[-1].attn.attn_hook is None

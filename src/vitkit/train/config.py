@@ -57,6 +57,7 @@ class TrainConfig:
     compile: bool = False            # torch.compile the training step (fewer, fused kernels; compiles once)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None     # fine-tune: pretrained weights (any layout vitkit.weights reads)
+    backbone_from: str | None = None  # hybrid: start its CNN backbone from a trained CNN checkpoint
     linear_probe: bool = False       # fine-tune: train the head only
     layer_decay: float | None = None  # fine-tune: layer-wise learning-rate decay, e.g. 0.75
     log_every: int = 50

@@ -29,7 +29,7 @@ from .distill import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .ema import create_ema
 from .evaluate import evaluate_dataset
-from .finetune import freeze_body, input_geometry, load_pretrained, replace_head
+from .finetune import freeze_body, init_backbone, input_geometry, load_pretrained, replace_head
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
 from .precision import autocast, cpu_name, resolve_precision
@@ -99,13 +99,18 @@ class Trainer:
         if len(source.get("mean", [])) == self.in_chans:
             self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
         self.model = build_model(cfg, len(self.classes), pretrained)
+        if cfg.backbone_from:
+            init_backbone(self.model, cfg.backbone_from)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment, self.mixup = self._augmentation()
         self.criterion = self._criterion()
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
-        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
-                                          cfg.layer_decay)
+        try:
+            self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
+                                              cfg.layer_decay)
+        except ValueError as e:
+            raise VitkitError(f"{cfg.model}: {e}") from None
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
         if resume:
@@ -165,6 +170,9 @@ class Trainer:
 
     def _restore(self) -> None:
         state = load_train_state(self.out)
+        if (self.ema is not None) != ("ema" in state):
+            raise VitkitError(f"{self.out / STATE_NAME}: the run was trained {'with' if 'ema' in state else 'without'}"
+                              f" an EMA of the weights; resume it with the same ema_decay setting")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

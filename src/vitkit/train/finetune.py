@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import VitkitError
 from ..weights import load_model
-from ..weights.build import HEADS
+from ..weights.build import HEADS, load_strict
 
 
 def load_pretrained(source: str | Path, img_size: int | None = None, patch_size: int | None = None,
@@ -49,3 +50,19 @@ def freeze_body(model: nn.Module) -> None:
     """Linear probe: only the head learns; the body is a fixed feature extractor."""
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(HEADS)
+
+
+def init_backbone(model: nn.Module, source: str | Path) -> None:
+    """Start a hybrid's CNN backbone from a trained CNN (a vitkit checkpoint of the same stages,
+    e.g. ``resnet_mini_28`` under ``vit_hybrid_resnet_mini_28``); its classifier is left out.
+
+    The encoder on top starts from scratch, so the early steps train it on features that
+    already separate the classes, instead of on a random stem.
+    """
+    backbone = getattr(getattr(model, "patch_embed", None), "backbone", None)
+    if backbone is None:
+        raise VitkitError(f"backbone_from: {type(model).__name__} has no CNN backbone (use a hybrid, "
+                          "e.g. vit_hybrid_resnet_mini_28)")
+    wanted = backbone.state_dict()
+    cnn = load_model(source).state_dict()
+    load_strict(backbone, {k: v for k, v in cnn.items() if k in wanted}, str(source))

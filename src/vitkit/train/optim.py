@@ -26,6 +26,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     """
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     depth = len(getattr(model, "blocks", []))
+    if layer_decay and not depth:
+        raise ValueError(f"layer_decay needs a model with Transformer blocks; {type(model).__name__} has none "
+                         "(leave layer_decay unset)")
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -43,8 +46,8 @@ def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float
                      betas: tuple[float, float] = (0.9, 0.999), layer_decay: float | None = None
                      ) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay, layer_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if name == "adamw":  # fused: one kernel over all parameters (CPU and CUDA), same update
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r} (adamw, sgd)")
