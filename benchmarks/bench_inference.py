@@ -186,20 +186,27 @@ def bench_inference(quick: bool) -> list[dict]:
     return rows
 
 
-def train_contenders() -> dict[str, tuple[nn.Module, bool]]:
+def train_contenders(quick: bool) -> dict[str, tuple[nn.Module, bool]]:
+    """(library, mode) -> (model in train mode, bf16?); without --quick each library's bf16 model
+    is also timed under torch.compile (its best mode may be compiled)."""
     torch.manual_seed(0)
     models = {"vitkit": create_model("vit_mini_patch4_28"),
               "hf-sdpa": hf_vit(**TRAIN_ARCH, attn="sdpa"), "hf-eager": hf_vit(**TRAIN_ARCH, attn="eager"),
               "vit-pytorch": lucidrains_vit(**TRAIN_ARCH)}
-    return {f"{k} {p}": (copy.deepcopy(m).train(), p == "bf16") for k, m in models.items() for p in ("fp32", "bf16")}
+    out = {f"{k} {p}": (copy.deepcopy(m).train(), p == "bf16") for k, m in models.items() for p in ("fp32", "bf16")}
+    if not quick:
+        out.update({f"{k} bf16-compiled": (torch.compile(copy.deepcopy(models[k]).train()), True)
+                    for k in ("vitkit", "hf-eager", "vit-pytorch")})
+    return out
 
 
 def bench_training(quick: bool, batch: int = 256) -> list[dict]:
+    """One full optimizer step (forward, loss, backward, fused AdamW: the same optimizer for all)."""
     x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
     steps = {}
-    for name, (model, bf16) in train_contenders().items():
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for name, (model, bf16) in train_contenders(quick).items():
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step(model=model, opt=opt, bf16=bf16) -> None:
             opt.zero_grad(set_to_none=True)
