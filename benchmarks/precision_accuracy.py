@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/precision_accuracy.py [RUN_DIR]   (default runs/demo)
 The issue's bar: bf16 and int8 change test accuracy by <= 0.3 points. Writes
-benchmarks/results/precision_accuracy.json.
+benchmarks/results/precision_accuracy.json (runs/demo) or precision_accuracy-<RUN_DIR name>.json.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from vitkit.data import load_dataset
 from vitkit.inference import prepare_for_inference
 from vitkit.train import evaluate_dataset, load_checkpoint
+from vitkit.train.precision import cpu_name
 
 
 def main(run: Path) -> dict:
@@ -27,8 +28,9 @@ def main(run: Path) -> dict:
         results[precision] = {"top1": metrics["top1"], "seconds": time.perf_counter() - start}
     for p in ("bf16", "int8"):
         results[p]["delta_points"] = 100 * (results[p]["top1"] - results["fp32"]["top1"])
-    out = Path(__file__).parent / "results" / "precision_accuracy.json"
-    out.write_text(json.dumps({"checkpoint": str(run), "model": meta.get("recipe", {}).get("model"),
+    name = "precision_accuracy" + ("" if run.name == "demo" else f"-{run.name}")
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    out.write_text(json.dumps({"checkpoint": str(run), "model": meta.get("recipe", {}).get("model"), "cpu": cpu_name(),
                                "results": results}, indent=2) + "\n")
     print(json.dumps(results, indent=1))
     return results

@@ -8,7 +8,7 @@ import torch
 
 from vitkit.errors import VitkitError
 from vitkit.inference import InferenceModel, OnnxClassifier, export, prepare_for_inference
-from vitkit.inference.prepare import PackedLinear
+from vitkit.inference.prepare import PackedLinear, slice_size
 from vitkit.models import create_model
 
 
@@ -62,10 +62,25 @@ def test_bf16_close_to_fp32(model, images, reference):
 
 
 def test_int8_agrees_with_fp32(model, images, reference):
+    engine = torch.backends.quantized.engine
     out = prepare_for_inference(model, "int8")(images)
+    assert torch.backends.quantized.engine == engine  # packing for oneDNN leaves the process setting alone
     assert out.dtype == torch.float32
     assert _relative_error(out, reference) < 0.1
     assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
+
+
+def test_big_batches_run_in_slices_with_the_same_result():
+    """ViT-B/16's fp32 MLP activations (2.4 MB per image) would pass 24 MiB beyond 10 images."""
+    big = create_model("vit_base_patch16_224", depth=1)
+    assert slice_size(big, "fp32") == 10 and slice_size(big, "bf16") == 20
+    assert slice_size(create_model("vit_mini_patch4_28"), "fp32") > 256
+    assert slice_size(create_model("resnet_mini_28"), "fp32") is None
+    fast = prepare_for_inference(big, "fp32")
+    x = torch.randn(23, 3, 224, 224)
+    whole = prepare_for_inference(big, "fp32")
+    whole.slice_images = None
+    torch.testing.assert_close(fast(x), whole(x), atol=1e-4, rtol=1e-4)  # 3 slices of 8, 8, 7
 
 
 def test_auto_picks_a_supported_precision(model, images):
