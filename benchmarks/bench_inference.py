@@ -147,6 +147,8 @@ def inference_contenders(name: str, quick: bool) -> dict[str, nn.Module | Callab
             out[f"{peer} fp32"] = model
         out[f"{peer} bf16-autocast"] = autocast(model)
         out[f"{peer} bf16-weights"] = Bf16Weights(model)
+        if not quick:  # what a user of the library would do for int8: torch's dynamic quantization, as is
+            out[f"{peer} int8"] = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     return out
 
 

@@ -5,8 +5,9 @@ autocast (autocast re-casts every weight on every call) and run ViT-B/16 ~3x fas
 fp32; packing the Linear weights once in oneDNN's blocked layout, with the bias and the
 MLP's GELU fused into the matmul, adds ~1.3x on top (eager ``addmm`` re-lays out the
 weight and copies the bias into the output on every call). Dynamic int8 (oneDNN, no AMX)
-is slower than bf16 there, but is the fast path on CPUs with avx512_vnni and no AMX (the
-AMD EPYC: 1.3x bf16 weights). ``torch.inference_mode`` is always on: free speed for a model nobody trains.
+is slower than bf16 there, but is the fast path on CPUs with avx512_vnni and no AMX (on
+the AMD EPYC, 1.4x bf16 weights). ``torch.inference_mode`` is always on: free speed for a
+model nobody trains.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def slice_size(model: nn.Module, precision: str) -> int | None:
 
     ViT-B/16's MLP makes 2.4 MB of fp32 activations per image (197 tokens x 3072), 77 MB for a
     batch of 32: there a plain GELU ran at the speed of one page fault per 4 KiB, and int8
-    ViT-B/16 at batch 32 ran 1.4x faster in 4 slices of 8, ViT-S/16 1.26x in 2 slices, on the
+    ViT-B/16 at batch 32 ran 1.3x faster in 4 slices of 8, ViT-S/16 1.26x in 2 slices, on the
     AMD EPYC. Slicing when nothing spills costs speed (small GEMMs), so small models, bf16
     ViT-S and CNNs keep whole batches. None: no slicing.
     """
