@@ -99,7 +99,7 @@ class Trainer:
         if len(source.get("mean", [])) == self.in_chans:
             self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
         self.model = build_model(cfg, len(self.classes), pretrained)
-        if cfg.backbone_from:
+        if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
