@@ -61,6 +61,30 @@ def test_bf16_close_to_fp32(model, images, reference):
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is not converted
 
 
+def test_bf16_attention_matmuls_agree_with_fused_attention():
+    from vitkit.models import Attention
+    torch.manual_seed(0)
+    attn, x = Attention(64, num_heads=4).eval(), torch.randn(2, 10, 64)
+    with torch.no_grad():
+        fused = attn(x)
+        attn.matmul_dtype = torch.bfloat16
+        out = attn(x)
+        head = attn(x, queries=1)
+    assert out.dtype == torch.float32 and not torch.equal(out, fused)  # the bf16 path did run
+    torch.testing.assert_close(out, fused, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(head, out[:, :1])
+
+
+def test_reduced_precisions_attend_in_bf16(model):
+    from vitkit.models import Attention
+    from vitkit.train.precision import cpu_has_bf16
+    expected = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.bfloat16 if cpu_has_bf16() else None}
+    for precision, dtype in expected.items():
+        prepared = prepare_for_inference(model, precision)
+        assert {m.matmul_dtype for m in prepared.modules() if isinstance(m, Attention)} == {dtype}, precision
+    assert {m.matmul_dtype for m in model.modules() if isinstance(m, Attention)} == {None}  # caller's model
+
+
 def test_int8_agrees_with_fp32(model, images, reference):
     engine = torch.backends.quantized.engine
     out = prepare_for_inference(model, "int8")(images)

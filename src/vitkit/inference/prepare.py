@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import VitkitError
-from ..models.layers import Mlp
+from ..models.layers import Attention, Mlp
 from ..train.precision import cpu_has_bf16
 
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
@@ -153,6 +153,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         torch.backends.quantized.engine = previous
 
 
+def attend_in_bf16(model: nn.Module) -> nn.Module:
+    """Run every vitkit ``Attention``'s QKᵀ, softmax and ·V as bf16 matmuls (see ``Attention``)."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.matmul_dtype = torch.bfloat16
+    return model
+
+
 def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bool = False,
                           threads: int | None = None) -> InferenceModel:
     """Return ``model`` ready to predict fast: eval mode, chosen precision, optionally compiled.
@@ -178,11 +186,15 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     slices = slice_size(model, precision)
     if precision == "int8":
         model = quantize_int8(model)
+        if cpu_has_bf16():
+            model = attend_in_bf16(model)
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = copy.deepcopy(model).to(dtype)
         if not compile and _packing_works(dtype):
             model = pack_linears(model)
+        if precision == "bf16":
+            model = attend_in_bf16(model)
     if not compile:
         return InferenceModel(model, precision, slice_images=slices)
     try:
