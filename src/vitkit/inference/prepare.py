@@ -168,7 +168,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     ``precision``: ``fp32``; ``bf16`` (a bf16 copy of the weights: faster and lighter than
     autocast; logits differ from fp32 by ~1% of their range); ``int8`` (dynamic
     quantization of the Linear layers); ``auto`` (bf16 where the CPU has bf16 units, else
-    fp32). fp32 and bf16 Linear weights are pre-packed for oneDNN (see ``pack_linears``).
+    fp32). fp32 and bf16 Linear weights are pre-packed for oneDNN (see ``pack_linears``);
+    bf16 and int8 (on CPUs with bf16 units) compute attention as bf16 matmuls (``attend_in_bf16``).
     ``compile=True`` instead hands the model to ``torch.compile`` with weight freezing
     (inductor packs and fuses itself); if compilation fails, a warning is given once and
     the eager model runs. ``threads`` sets ``torch.set_num_threads`` (process-wide). The
