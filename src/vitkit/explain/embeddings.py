@@ -1,8 +1,9 @@
 """What the embedding layers learned, read from the weights alone (ViT paper, Fig. 7 left and centre).
 
 * Patch-embedding filters: the conv ``[D, C, P, P]`` is D linear filters over a P×P
-  patch; the top principal components of those D vectors show the basis the model
-  projects patches onto (in trained models: smooth, Gabor-like functions).
+  patch (SL-ViT's shifted patch tokens: over the 2P×2P window a token sees); the top
+  principal components of those D vectors show the basis the model projects patches
+  onto (in trained models: smooth, Gabor-like functions).
 * Position-embedding similarity: cosine similarity of each patch position's embedding
   with every other one; a trained ViT shows rows/columns and distance structure in
   these maps, i.e. it learned the 2-D topology from 1-D embeddings.
@@ -20,7 +21,8 @@ def filter_components(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torc
     Returns ``(components [n, C, P, P], ratios [n])``; ``n`` is capped at the number of
     components that exist (min(D, C·P·P)). Filters are centred before the SVD, as PCA does.
     """
-    w = model.patch_embed.proj.weight.detach().float()
+    embed = model.patch_embed
+    w = (embed.filters() if hasattr(embed, "filters") else embed.proj.weight).detach().float()
     d, c, ph, pw = w.shape
     flat = w.reshape(d, c * ph * pw)
     flat = flat - flat.mean(dim=0, keepdim=True)

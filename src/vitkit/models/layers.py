@@ -36,15 +36,18 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, H/P, W/P, D] (grid kept so the caller can match position embeddings)."""
+        self.check_input(x)
+        return self.proj(x).permute(0, 2, 3, 1)
+
+    def check_input(self, x: torch.Tensor) -> None:
         _, c, h, w = x.shape
-        if c != self.proj.in_channels:
-            raise ValueError(f"model expects {self.proj.in_channels} input channels, got {c}")
+        if c != self.in_chans:
+            raise ValueError(f"model expects {self.in_chans} input channels, got {c}")
         if self.strict_img_size and (h, w) != self.img_size:
             raise ValueError(f"model expects {self.img_size[0]}x{self.img_size[1]} input, got {h}x{w} "
                              "(build it with dynamic_img_size=True to accept other sizes)")
         if h % self.patch_size[0] or w % self.patch_size[1]:
             raise ValueError(f"input {h}x{w} is not divisible by patch size {self.patch_size}")
-        return self.proj(x).permute(0, 2, 3, 1)
 
 
 class Attention(nn.Module):
@@ -91,12 +94,16 @@ class Attention(nn.Module):
         if self.attn_hook is None and self._use_fused(x):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            attn = self.attention_probs(q, k)
             if self.attn_hook is not None:
                 self.attn_hook(self, attn)
             x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(b, n, c).to(out_dtype)
         return self.proj_drop(self.proj(x))
+
+    def attention_probs(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(QKᵀ/√d): [B, heads, m, d] x [B, heads, n, d] -> [B, heads, m, n]."""
+        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
     def _use_fused(self, x: torch.Tensor) -> bool:
         if not self.fused_attn or self.matmul_dtype is not None:
@@ -153,10 +160,11 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  init_values: float | None = None, proj_drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6):
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, attn_layer: type[Attention] | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = (attn_layer or Attention)(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                                              proj_drop=proj_drop)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

@@ -11,7 +11,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from .layers import Block, PatchEmbed
+from .layers import Attention, Block, PatchEmbed
 from .pos_embed import resample_abs_pos_embed
 
 GlobalPool = Literal["token", "avg", ""]
@@ -24,7 +24,8 @@ class VisionTransformer(nn.Module):
     ``representation_size`` adds the paper's pretraining pre-logits layer (Linear + tanh);
     ``dynamic_img_size`` accepts any input size whose sides divide by the patch size,
     resampling the position embeddings on the fly. ``embed_layer`` swaps the patch
-    embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments.
+    embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments. ``attn_layer``
+    swaps every block's attention for a subclass of ``Attention`` (SL-ViT's locality attention).
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -34,7 +35,8 @@ class VisionTransformer(nn.Module):
                  representation_size: int | None = None, dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-                 weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed):
+                 weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed,
+                 attn_layer: type[Attention] = Attention):
         super().__init__()
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -54,7 +56,8 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over depth (DeiT)
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate, attn_drop_rate, r, norm_eps)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate, attn_drop_rate, r, norm_eps,
+                  attn_layer)
             for r in rates])
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()

@@ -108,6 +108,9 @@ def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, A
     sd = _without_head(ckpt.state_dict, native.get("num_classes", 0), kwargs.get("num_classes", 0))
     patch = to_2tuple(kwargs["patch_size"])
     if patch != to_2tuple(native["patch_size"]):
+        if sd["patch_embed.proj.weight"].ndim != 4:
+            raise VitkitError(f"{ckpt.source}: this model's patch embedding is not a conv; it cannot be resampled "
+                              f"from patch size {native['patch_size']} to {kwargs['patch_size']}")
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
     prefix = num_prefix_tokens(sd)  # kept apart from the grid when resampling
     old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)

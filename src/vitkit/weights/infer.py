@@ -24,11 +24,9 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
         raise VitkitError(f"{source}: not a Vision Transformer state dict (no {', '.join(missing)}); other "
                           "models load from a vitkit checkpoint folder, which names them")
     proj = sd["patch_embed.proj.weight"]
-    dim, in_chans, ph, pw = proj.shape
-    class_token = "cls_token" in sd
+    dim, class_token = proj.shape[0], "cls_token" in sd
     kwargs: dict[str, Any] = dict(
-        embed_dim=dim, in_chans=in_chans, patch_size=ph if ph == pw else (ph, pw),
-        depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+        embed_dim=dim, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token,
         init_values=1e-5 if "blocks.0.ls1.gamma" in sd else None,  # any value: gamma is loaded over it
@@ -37,15 +35,24 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
         **_pooling(sd, class_token))
     if "dist_token" in sd:  # DeiT; a classifier without head_dist is HF's DeiTForImageClassification
         kwargs["dist_head"] = "head_dist.weight" in sd or "head.weight" not in sd
-    grid = checkpoint_grid(sd, num_prefix_tokens(sd))
-    if grid is not None:
-        kwargs["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
+    if proj.ndim == 4:  # SL-ViT's projection is linear over flattened shifted patches: its name says P and C
+        kwargs.update(_patch_geometry(sd, proj.shape))
     if any(k.startswith("patch_embed.backbone.") for k in sd):
         # a hybrid's patches are cut from CNN features: the projection shows feature channels, not the
         # image's, and the CNN's stride hides the image size; the model name or the file must say them
         del kwargs["in_chans"]
         kwargs.pop("img_size", None)
     return kwargs
+
+
+def _patch_geometry(sd: StateDict, proj_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Channels and patch size from the patch-embedding conv; the image size from the position grid."""
+    _, in_chans, ph, pw = proj_shape
+    out: dict[str, Any] = dict(in_chans=in_chans, patch_size=ph if ph == pw else (ph, pw))
+    grid = checkpoint_grid(sd, num_prefix_tokens(sd))
+    if grid is not None:
+        out["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
+    return out
 
 
 def _pooling(sd: StateDict, class_token: bool) -> dict[str, Any]:
