@@ -91,6 +91,15 @@ def test_convert_round_trip(run_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "e")]) == 0
 
 
+def test_set_overrides_any_recipe_field_including_ones_with_flags(tmp_path):
+    recipe = tmp_path / "digits.yaml"
+    recipe.write_text(RECIPE.format(epochs=4))
+    assert main(["train", "--config", str(recipe), "--set", "epochs=1", "--set", "model=sl_vit_mini_patch4_28",
+                 "--output", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["epochs"] == 1 and report["model"] == "sl_vit_mini_patch4_28"
+
+
 def test_models_lists_counts(capsys):
     assert main(["models", "vit_base_patch16_*"]) == 0
     out = capsys.readouterr().out
@@ -104,6 +113,7 @@ def test_models_lists_counts(capsys):
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
     (["models", "swin*"], "no model matches"),
     (["train", "--set", "randaugment=rand-x9", "--epochs", "1"], "randaugment"),
+    (["train", "--epochs", "1", "--set", "epochs=2"], "epochs is given twice"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,

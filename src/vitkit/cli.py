@@ -28,20 +28,25 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- train
-def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Recipe fields given on the command line (None = not given)."""
-    return dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
-                seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
-                distill_from=args.distill_from, distill=args.distill, **_parse_set(args.set))
+def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """Recipe fields given on the command line (None = not given): the flags, ``more``, then --set."""
+    flags = dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                 warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
+                 seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path, workers=args.workers,
+                 distill_from=args.distill_from, distill=args.distill, **more)
+    sets = _parse_set(args.set)
+    twice = [k for k in sets if flags.get(k) is not None]
+    if twice:
+        raise VitkitError(f"{twice[0]} is given twice, as a flag and with --set; give it once")
+    return {**flags, **sets}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
     from .train.checkpoint import load_train_state
 
-    overrides = dict(model=args.model, **_run_overrides(args))
+    overrides = _run_overrides(args, model=args.model)
     if args.resume:
         stored = load_train_state(args.resume)["config"]
         cfg = TrainConfig.from_dict({**stored, **{k: v for k, v in overrides.items() if v is not None},
@@ -64,8 +69,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    cfg = TrainConfig.from_sources(args.config, init_from=args.checkpoint, layer_decay=args.layer_decay,
-                                   linear_probe=True if args.linear_probe else None, **_run_overrides(args))
+    probe = True if args.linear_probe else None
+    cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=args.checkpoint,
+                                                                 layer_decay=args.layer_decay, linear_probe=probe))
     train(cfg)
     return 0
 
