@@ -109,6 +109,7 @@ def test_models_lists_counts(capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["eval", "--checkpoint", "/nonexistent/run"], "/nonexistent/run"),
     (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "/nonexistent/run"),
+    (["predict", "--checkpoint", "exported.onnx", "--runtime", "onnx", "x.png"], "exported.onnx: an ONNX file"),
     (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
     (["models", "swin*"], "no model matches"),

@@ -166,6 +166,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import expand_inputs, predict_files
     from .train import load_checkpoint
 
+    if Path(args.checkpoint).suffix == ".onnx":
+        raise VitkitError(f"{args.checkpoint}: an ONNX file; pass the checkpoint folder it was exported from, with "
+                          "--runtime onnx (model.onnx is read from the folder, the classes from its config.json)")
     model, cfg = load_checkpoint(args.checkpoint)
     if args.runtime == "onnx":
         onnx_path = Path(args.checkpoint) / "model.onnx"

@@ -32,7 +32,7 @@ class ShiftedPatchEmbed(PatchEmbed):
         super().__init__(img_size, patch_size, in_chans, embed_dim, bias, strict_img_size)
         patch_dim = 5 * in_chans * self.patch_size[0] * self.patch_size[1]
         self.norm = nn.LayerNorm(patch_dim)
-        self.proj = nn.Linear(patch_dim, embed_dim, bias=bias)
+        self.proj = nn.Linear(patch_dim, embed_dim, bias=bias)  # in place of PatchEmbed's conv
         dy, dx = self.patch_size[0] // 2, self.patch_size[1] // 2  # F.pad's (left, right, top, bottom)
         self.shifts = [(dx, -dx, dy, -dy), (-dx, dx, dy, -dy), (dx, -dx, -dy, dy), (-dx, dx, -dy, dy)]
 
