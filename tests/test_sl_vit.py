@@ -84,6 +84,8 @@ def test_sl_vit_learns_its_scale_and_round_trips(tmp_path):
     save_vitkit(m, tmp_path / "sl")
     back = load_model(tmp_path / "sl").eval()
     assert isinstance(back.blocks[0].attn, LocalitySelfAttention)
+    with pytest.raises(VitkitError, match="not a conv"):
+        load_model(tmp_path / "sl", patch_size=2)
     with torch.no_grad():
         torch.testing.assert_close(back(x), m(x), atol=0, rtol=0)
         fast = vitkit.prepare_for_inference(m, precision="bf16")
