@@ -109,7 +109,7 @@ def test_models_lists_counts(capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["eval", "--checkpoint", "/nonexistent/run"], "/nonexistent/run"),
     (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "/nonexistent/run"),
-    (["predict", "--checkpoint", "exported.onnx", "--runtime", "onnx", "x.png"], "exported.onnx: an ONNX file"),
+    (["predict", "--checkpoint", "exported.onnx", "--runtime", "onnx", "x.png"], "--onnx exported.onnx"),
     (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
     (["models", "swin*"], "no model matches"),
@@ -180,6 +180,20 @@ def test_export_onnx_and_predict_with_onnx_runtime(run_dir, tmp_path, capsys):
     for a, b in zip(onnx, torch_):
         assert a["topk"][0]["class"] == b["topk"][0]["class"]
         assert abs(a["topk"][0]["prob"] - b["topk"][0]["prob"]) < 1e-4
+
+
+def test_predict_runs_an_onnx_file_exported_elsewhere_and_refuses_another_models(run_dir, tmp_path, capsys):
+    from vitkit.inference import export
+    from vitkit.models import create_model
+    main(["samples", "--dataset", "digits", "--count", "2", "--out", str(tmp_path / "s")])
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "elsewhere.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx",
+                 str(tmp_path / "elsewhere.onnx"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["predictions"]) == 2
+    other = export(create_model("vit_mini_patch4_28", num_classes=3, img_size=16, in_chans=1), tmp_path / "other.onnx")
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx", str(other)]) == 2
+    assert "other.onnx: takes [1, 16, 16] images and gives 3 classes" in capsys.readouterr().err
 
 
 def test_train_distilled_student_from_a_teacher_checkpoint(run_dir, tmp_path):

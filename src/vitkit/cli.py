@@ -167,14 +167,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .train import load_checkpoint
 
     if Path(args.checkpoint).suffix == ".onnx":
-        raise VitkitError(f"{args.checkpoint}: an ONNX file; pass the checkpoint folder it was exported from, with "
-                          "--runtime onnx (model.onnx is read from the folder, the classes from its config.json)")
+        raise VitkitError(f"{args.checkpoint}: an ONNX file; pass the checkpoint folder it was exported from as "
+                          f"--checkpoint and the file as --onnx {args.checkpoint}")
     model, cfg = load_checkpoint(args.checkpoint)
-    if args.runtime == "onnx":
-        onnx_path = Path(args.checkpoint) / "model.onnx"
+    if args.onnx or args.runtime == "onnx":
+        onnx_path = Path(args.onnx or Path(args.checkpoint) / "model.onnx")
         if not onnx_path.is_file():
-            raise VitkitError(f"{onnx_path}: missing; run `vitkit export --checkpoint {args.checkpoint}` first")
+            hint = "" if args.onnx else f"; run `vitkit export --checkpoint {args.checkpoint}` first"
+            raise VitkitError(f"{onnx_path}: no such ONNX file{hint}")
         classifier = OnnxClassifier(onnx_path)
+        classifier.check_matches(cfg, args.checkpoint)
     else:
         classifier = prepare_for_inference(model, args.precision)
     paths = expand_inputs(args.inputs)
@@ -206,6 +208,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="auto: bf16 where the CPU has bf16 units (logits within ~1%% of fp32), else fp32")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: run CHECKPOINT/model.onnx (made by `vitkit export`) with ONNX Runtime")
+    p.add_argument("--onnx", metavar="FILE", help="the ONNX file to run (implies --runtime onnx; default "
+                   "CHECKPOINT/model.onnx); the checkpoint still gives the classes and preprocessing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 

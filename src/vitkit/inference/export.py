@@ -70,6 +70,17 @@ class OnnxClassifier:
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # e.g. ['batch', 3, 224, 224]
         self.input_shape = tuple(d if isinstance(d, int) else None for d in shape[1:])
+        classes = self.session.get_outputs()[0].shape[-1]  # e.g. ['batch', 10]
+        self.num_classes = classes if isinstance(classes, int) else None
+        self.path = Path(path)
+
+    def check_matches(self, config: dict, checkpoint: str | Path) -> None:
+        """Refuse an ONNX file exported from another model: its labels would silently be wrong."""
+        expected = (config["in_chans"], config["img_size"], config["img_size"])
+        if self.input_shape != expected or self.num_classes not in (None, len(config["classes"])):
+            raise VitkitError(f"{self.path}: takes {list(self.input_shape)} images and gives {self.num_classes} "
+                              f"classes, but {checkpoint} is {list(expected)} with {len(config['classes'])}: "
+                              "export this checkpoint again")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(torch.float32).contiguous().numpy()
