@@ -28,7 +28,7 @@ data:
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
 
 demo: setup data
-	$(BIN)/vitkit train --config recipes/demo.yaml --output $(RUN)
+	$(BIN)/vitkit train --config recipes/demo.yaml --output $(RUN) --overwrite
 	$(BIN)/vitkit eval --checkpoint $(RUN) --json > $(RUN)/eval-cli.json
 	$(BIN)/vitkit samples --dataset fashion-mnist --count 8 --out $(RUN)/samples
 	$(BIN)/vitkit predict --checkpoint $(RUN) $(RUN)/samples --topk 3

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from vitkit.cli import main
@@ -115,6 +116,8 @@ def test_models_lists_counts(capsys):
     (["models", "swin*"], "no model matches"),
     (["train", "--set", "randaugment=rand-x9", "--epochs", "1"], "randaugment"),
     (["train", "--epochs", "1", "--set", "epochs=2"], "epochs is given twice"),
+    (["train", "--model", "vit_nope", "--dataset", "digits", "--epochs", "1"], "unknown model 'vit_nope'"),
+    (["samples", "--dataset", "digits", "--out", "/proc/version"], "/proc/version: "),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,
@@ -161,7 +164,6 @@ def test_linear_probe_changes_only_the_head(run_dir, tmp_path):
 
 
 def torch_equal(a, b) -> bool:
-    import torch
     return bool(torch.equal(a, b))
 
 
@@ -194,6 +196,28 @@ def test_predict_runs_an_onnx_file_exported_elsewhere_and_refuses_another_models
     other = export(create_model("vit_mini_patch4_28", num_classes=3, img_size=16, in_chans=1), tmp_path / "other.onnx")
     assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx", str(other)]) == 2
     assert "other.onnx: takes [1, 16, 16] images and gives 3 classes" in capsys.readouterr().err
+    from vitkit.train import load_checkpoint
+    retrained, _ = load_checkpoint(run_dir)  # same shapes, other weights: shapes alone cannot tell
+    with torch.no_grad():
+        retrained.head.bias.add_(torch.arange(10.0))
+    export(retrained, tmp_path / "retrained.onnx")
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx",
+                 str(tmp_path / "retrained.onnx")]) == 2
+    assert "retrained.onnx: its logits differ from" in capsys.readouterr().err
+    (tmp_path / "junk.onnx").write_text("not a model")
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx",
+                 str(tmp_path / "junk.onnx")]) == 2
+    assert "junk.onnx: not a valid ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["predict", "--checkpoint", "run", "--batch-size", "0", "x.png"],
+                                  ["predict", "--checkpoint", "run", "--topk", "-1", "x.png"],
+                                  ["eval", "--checkpoint", "run", "--batch-size", "-5"],
+                                  ["samples", "--dataset", "digits", "--out", "s", "--count", "0"]])
+def test_counts_and_sizes_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 def test_train_distilled_student_from_a_teacher_checkpoint(run_dir, tmp_path):
@@ -216,5 +240,5 @@ def test_shipped_recipes_are_valid():
     for path in recipes:
         cfg = TrainConfig.from_sources(path)
         get_model_spec(cfg.model)  # raises for an unknown name
-        if cfg.distill_from:
-            assert "distilled" in cfg.model, path
+        if cfg.distill_from:  # DeiT's distillation token, or classic soft distillation on the one head
+            assert "distilled" in cfg.model or cfg.distill == "soft", path

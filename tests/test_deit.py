@@ -108,7 +108,8 @@ def test_timm_layout_round_trip(tmp_path):
     save_timm(m, tmp_path / "deit.safetensors")
     keys = set(load_file(tmp_path / "deit.safetensors"))
     assert {"cls_token", "dist_token", "pos_embed", "head.weight", "head_dist.weight"} <= keys  # timm's names
-    back = load_model(tmp_path / "deit.safetensors")  # no name: all read off the tensors
+    with pytest.warns(UserWarning, match="assuming 3"):  # the head count is the one guess (D 192 / 64)
+        back = load_model(tmp_path / "deit.safetensors")  # no name: all else is read off the tensors
     assert isinstance(back, DistilledVisionTransformer) and back.blocks[0].attn.num_heads == 3
     with torch.no_grad():
         assert max_diff(back(x), m(x)) == 0
@@ -117,11 +118,11 @@ def test_timm_layout_round_trip(tmp_path):
 def test_resampled_pos_embed_keeps_both_prefix_tokens(tmp_path):
     m = _student()
     save_timm(m, tmp_path / "deit.safetensors")
-    big = load_model(tmp_path / "deit.safetensors", img_size=56)  # 4x4 -> 8x8 patches
+    big = load_model(tmp_path / "deit.safetensors", img_size=56, num_heads=3)  # 4x4 -> 8x8 patches
     stored = m.pos_embed.detach()
     assert big.pos_embed.shape == (1, 2 + 64, 192) and torch.equal(big.pos_embed[:, :2], stored[:, :2])
     assert torch.equal(big.pos_embed.detach(), resample_abs_pos_embed(stored, (8, 8), (4, 4), num_prefix_tokens=2))
-    fresh = load_model(tmp_path / "deit.safetensors", num_classes=3)  # new classes: both heads fresh
+    fresh = load_model(tmp_path / "deit.safetensors", num_classes=3, num_heads=3)  # new classes: both heads fresh
     assert fresh.head.out_features == fresh.head_dist.out_features == 3
 
 

@@ -89,3 +89,10 @@ def test_hybrid_size_off_the_stride_is_refused_and_hybrids_do_not_export_to_hf(t
         save_hf(vitkit.create_model("vit_base_r50_s16_224", depth=1, img_size=64), tmp_path / "hf")
     with pytest.raises(VitkitError, match="not a ViT"):
         save_hf(vitkit.create_model("resnet_mini_28"), tmp_path / "hf2")
+
+
+def test_explain_leaves_out_pixel_filters_for_a_hybrid(tmp_path):
+    """A hybrid's patch projection reads CNN feature channels: there are no image filters to draw."""
+    from vitkit.explain import model_figures
+    figures = model_figures(vitkit.create_model("vit_hybrid_mini_28"), tmp_path)
+    assert set(figures) == {"pos_embed"} and figures["pos_embed"].is_file()

@@ -91,3 +91,17 @@ def test_truncated_and_bomb_limits(tmp_path):
     (tmp_path / "notes.xyz").write_text("x")
     with pytest.raises(VitkitError, match=r"extension \.xyz"):
         open_image(tmp_path / "notes.xyz", 1)
+
+
+def test_a_thin_strip_is_cropped_before_it_is_resized(monkeypatch):
+    """A 300000x1 image (a few hundred bytes as PNG) must not become a 300000*224-pixel intermediate."""
+    from vitkit.data import resize_center_crop
+    sizes, real = [], Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        sizes.append(size)
+        return real(self, size, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    out = resize_center_crop(Image.new("L", (300_000, 1), 128), 224)
+    assert out.size == (224, 224) and np.asarray(out).min() == 128
+    assert max(w * h for w, h in sizes) <= 224 * 224

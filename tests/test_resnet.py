@@ -42,3 +42,13 @@ def test_residual_branches_start_as_identity():
     assert torch.count_nonzero(model.bn1.weight) == model.bn1.weight.numel()
     out = model(torch.randn(3, 1, 28, 28))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_a_cnn_exports_to_onnx_at_its_build_size(tmp_path):
+    """The CNN teacher is a checkpoint like any other: `vitkit export` takes it too."""
+    from vitkit.inference import OnnxClassifier, export
+    model = vitkit.create_model("resnet_mini_28").eval()
+    path = export(model, tmp_path / "cnn.onnx")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxClassifier(path)(x), model(x), atol=1e-4, rtol=1e-4)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.train import TrainConfig, Trainer, load_checkpoint, train
+from vitkit.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint, train
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 from vitkit.train.optim import cosine_lr, param_groups
@@ -154,3 +154,93 @@ def test_recipe_values_of_the_wrong_type_are_named(values, message):
     with pytest.raises(VitkitError, match=message):
         TrainConfig.from_dict(values)
     assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers
+
+
+def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
+    cfg = digits_config(tmp_path / "run", epochs=1)
+    train(cfg)
+    (tmp_path / "run" / "model.onnx").write_bytes(b"an export of the old model")
+    (tmp_path / "run" / "notes.txt").write_text("the user's own file")
+    with pytest.raises(VitkitError, match=r"run: holds a finished run; --overwrite replaces it"):
+        train(cfg)
+    train(cfg, overwrite=True)
+    assert not (tmp_path / "run" / "model.onnx").exists(), "a stale export would run the old model"
+    assert (tmp_path / "run" / "notes.txt").is_file() and (tmp_path / "run" / "eval.json").is_file()
+    (tmp_path / "run" / "eval.json").unlink()  # as if killed before the end
+    with pytest.raises(VitkitError, match=r"unfinished run; `vitkit train --resume .*run` continues it"):
+        train(cfg)
+
+
+def _folder(root: Path, per_class: int) -> None:
+    from PIL import Image
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (16, 16), 60 * c + i).save(root / name / f"{i}.png")
+
+
+def test_a_folder_with_val_and_test_is_scored_on_val_each_epoch_and_on_test_once(tmp_path):
+    _folder(tmp_path / "ds" / "train", 6)
+    _folder(tmp_path / "ds" / "val", 2)
+    _folder(tmp_path / "ds" / "test", 3)
+    cfg = digits_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'ds'}", epochs=1, batch_size=4,
+                        model_kwargs={**DIGITS_MODEL, "in_chans": 1})
+    trainer = Trainer(cfg)
+    assert (len(trainer.train_ds), len(trainer.eval_ds), len(trainer.test_ds)) == (12, 4, 6)
+    assert train(cfg)["num_samples"] == 6
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path):
+    _folder(tmp_path / "ds", 4)
+    import shutil
+    shutil.rmtree(tmp_path / "ds" / "dog")
+    with pytest.raises(VitkitError, match=r"only one class \(cat\); a classifier needs two or more"):
+        train(digits_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'ds'}"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"drop_path_rate": 2}, r"drop_path_rate must be in \[0, 1\)"), ({"img_size": 0}, "img_size must be positive"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"), ({"workers": -1}, "workers must be >= 0"),
+    ({"clip_grad": -1}, "clip_grad must be >= 0"),
+])
+def test_recipe_values_out_of_range_are_refused(tmp_path, bad, message):
+    with pytest.raises(VitkitError, match=message):
+        digits_config(tmp_path, **bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"model": "vit_nope"}, "unknown model 'vit_nope'"),
+    ({"img_size": 30}, "image size 30 is not divisible by the patch size 4"),
+])
+def test_a_model_the_recipe_cannot_build_is_one_clear_error(tmp_path, bad, message):
+    kwargs = {k: v for k, v in DIGITS_MODEL.items() if k != "img_size"}
+    with pytest.raises(VitkitError, match=message):
+        Trainer(digits_config(tmp_path, model_kwargs=kwargs, **bad))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: [c], "expected a JSON object"),
+    (lambda c: {**c, "std": [0.0]}, "std > 0"),
+    (lambda c: {**c, "mean": [0.5, 0.5, 0.5]}, "one value per input channel"),
+    (lambda c: {**c, "img_size": 32}, "config says 1 channels at 32 px"),
+    (lambda c: {**c, "model": "vit_nonexistent"}, "unknown model 'vit_nonexistent'"),
+])
+def test_a_hand_edited_config_that_contradicts_the_weights_names_the_file(tmp_path, edit, message):
+    model = vitkit.create_model("vit_mini_patch4_28", **DIGITS_MODEL, in_chans=1, num_classes=2)
+    save_checkpoint(tmp_path, model, dict(classes=["a", "b"], mean=[0.5], std=[0.5], img_size=16, in_chans=1))
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(edit(config)))
+    with pytest.raises(VitkitError, match=message) as e:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+def test_run_files_get_the_usual_permissions(tmp_path):
+    import os
+    from vitkit.fileio import write_json
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "eval.json", {"top1": 1.0})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "eval.json").stat().st_mode & 0o777 == 0o644

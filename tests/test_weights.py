@@ -243,7 +243,8 @@ def test_wrapped_state_dict_with_module_prefix(tmp_path):
 
 def test_head_count_guess_and_refusal(tmp_path):
     save_timm(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "d128.safetensors")
-    assert load_model(tmp_path / "d128.safetensors").blocks[0].attn.num_heads == 2  # 128 / 64
+    with pytest.warns(UserWarning, match="do not store the number of attention heads; assuming 2"):
+        assert load_model(tmp_path / "d128.safetensors").blocks[0].attn.num_heads == 2  # 128 / 64
     save_timm(vitkit.create_model("vit_mini_patch4_28", embed_dim=96, num_heads=4), tmp_path / "d96.safetensors")
     with pytest.raises(VitkitError, match="num_heads"):
         load_model(tmp_path / "d96.safetensors")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,17 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise VitkitError(f"--set expects key=value, got {item!r}")
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count, top-k)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------- train
@@ -53,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                      "output": args.resume})
     else:
         cfg = TrainConfig.from_sources(args.config, **overrides)
-    train(cfg, resume=bool(args.resume))
+    train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     return 0
 
 
@@ -72,7 +84,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     probe = True if args.linear_probe else None
     cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=args.checkpoint,
                                                                  layer_decay=args.layer_decay, linear_probe=probe))
-    train(cfg)
+    train(cfg, overwrite=args.overwrite)
     return 0
 
 
@@ -92,6 +104,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="fashion-mnist | digits | folder:PATH")
     p.add_argument("--data-dir", help="where dataset files are (else $VITKIT_DATA, system paths, download)")
     p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output (else refused)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -151,7 +164,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval)")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions, ...)")
@@ -162,23 +175,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .inference import OnnxClassifier, prepare_for_inference
-    from .inference.predict import expand_inputs, predict_files
-    from .train import load_checkpoint
+    from .inference.predict import expand_inputs, load_classifier, predict_files
 
-    if Path(args.checkpoint).suffix == ".onnx":
-        raise VitkitError(f"{args.checkpoint}: an ONNX file; pass the checkpoint folder it was exported from as "
-                          f"--checkpoint and the file as --onnx {args.checkpoint}")
-    model, cfg = load_checkpoint(args.checkpoint)
-    if args.onnx or args.runtime == "onnx":
-        onnx_path = Path(args.onnx or Path(args.checkpoint) / "model.onnx")
-        if not onnx_path.is_file():
-            hint = "" if args.onnx else f"; run `vitkit export --checkpoint {args.checkpoint}` first"
-            raise VitkitError(f"{onnx_path}: no such ONNX file{hint}")
-        classifier = OnnxClassifier(onnx_path)
-        classifier.check_matches(cfg, args.checkpoint)
-    else:
-        classifier = prepare_for_inference(model, args.precision)
+    classifier, cfg = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
     bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
     results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
@@ -198,22 +197,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify images or folders of images")
-    p.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+def _onnx_file(args: argparse.Namespace) -> Path | None:
+    """The ONNX file --onnx / --runtime onnx ask for (None: run the checkpoint in PyTorch)."""
+    if not (args.onnx or args.runtime == "onnx"):
+        return None
+    return Path(args.onnx or Path(args.checkpoint) / "model.onnx")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="auto: bf16 where the CPU has bf16 units (logits within ~1%% of fp32), else fp32")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: run CHECKPOINT/model.onnx (made by `vitkit export`) with ONNX Runtime")
     p.add_argument("--onnx", metavar="FILE", help="the ONNX file to run (implies --runtime onnx; default "
                    "CHECKPOINT/model.onnx); the checkpoint still gives the classes and preprocessing")
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images or folders of images")
+    p.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_runtime_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
 
+# ---------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export
     from .train import load_checkpoint
@@ -347,7 +358,7 @@ def add_samples(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")
-    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--count", type=_positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_samples)
@@ -386,16 +397,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except VitkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, without the library's file and line number
+        try:
+            return args.func(args)
+        except VitkitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # a path the user gave: exists as a file, is a folder, no permission, ...
+            if e.filename is None:
+                raise
+            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .images import image_to_tensor, open_image
+from .images import image_from_bytes, image_to_tensor, open_image
 from .transforms import resize_center_crop
 
 
@@ -68,4 +68,10 @@ class LazyImageDataset(ImageDataset):
 def load_resized(path: str | os.PathLike, img_size: int, in_chans: int) -> torch.Tensor:
     """The folder pipeline for one file: decode, convert channels, resize + center crop."""
     im = open_image(path, in_chans, draft_size=img_size)
+    return image_to_tensor(resize_center_crop(im, img_size))
+
+
+def resized_from_bytes(data: bytes, name: str, img_size: int, in_chans: int) -> torch.Tensor:
+    """:func:`load_resized` for an image in memory (an upload); errors name it ``name``."""
+    im = image_from_bytes(data, name, in_chans, draft_size=img_size)
     return image_to_tensor(resize_center_crop(im, img_size))

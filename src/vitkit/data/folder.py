@@ -49,7 +49,10 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         classes, samples = _scan(root)
         samples = _stratified_part(samples, len(classes), val_fraction, seed, held_out=split != "train")
         if not samples:
-            raise VitkitError(f"{root}: no held-out images (val_fraction is 0 and there is no val/ or test/ folder)")
+            why = ("val_fraction is 0" if val_fraction == 0 else
+                   f"every class has one image, and holding out {val_fraction:g} of a class keeps at least one "
+                   "image for training")
+            raise VitkitError(f"{root}: no held-out images ({why}); add images, or a val/ folder beside train/")
     paths, targets = [p for p, _ in samples], [t for _, t in samples]
     mean, std = match_stats(IMAGENET_MEAN, in_chans), match_stats(IMAGENET_STD, in_chans)
     name = f"folder:{root}[{split}]"
@@ -59,6 +62,15 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
     _check_headers(paths)
     return LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+
+
+def has_separate_test(spec: str) -> bool:
+    """Whether dataset ``spec`` has a test split apart from its validation split: only a folder
+    with train/, val/ and test/ (elsewhere "val" and "test" name the same held-out images)."""
+    if not spec.startswith("folder:"):
+        return False
+    root = Path(spec[len("folder:"):]).expanduser()
+    return all((root / d).is_dir() for d in ("train", "val", "test"))
 
 
 def _from_split_dirs(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:

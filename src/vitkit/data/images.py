@@ -6,9 +6,11 @@ reported as such instead of surfacing as a PIL traceback in the middle of traini
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", "
 
 MAX_IMAGE_PIXELS: int = int(os.environ.get("VITKIT_MAX_IMAGE_PIXELS", 100_000_000))
 """Images with more pixels are refused (decompression bombs); set VITKIT_MAX_IMAGE_PIXELS to change."""
+if Image.MAX_IMAGE_PIXELS is not None and MAX_IMAGE_PIXELS > Image.MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # a user who raised vitkit's limit means Pillow's too
 
 WHITE = (255, 255, 255)
 
@@ -34,16 +38,67 @@ def open_image(path: str | os.PathLike, in_chans: int, *, max_pixels: int | None
     ``draft_size`` lets JPEG decode at a reduced scale that is still at least that many pixels
     per side, which makes decoding big photos for small models several times faster.
     """
+    _check_chans(in_chans)
+    path = Path(path)
+    return _decode(open_header(path, max_pixels), path, in_chans, draft_size)
+
+
+def image_from_bytes(data: bytes, name: str, in_chans: int, *, max_pixels: int | None = None,
+                     draft_size: int | None = None) -> Image.Image:
+    """:func:`open_image` for bytes in memory (an upload); errors name the image ``name``."""
+    _check_chans(in_chans)
+    if not data:
+        raise VitkitError(f"{name}: the image is empty (0 bytes)")
+    return _decode(_header(io.BytesIO(data), name, max_pixels), name, in_chans, draft_size)
+
+
+def open_header(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Open ``path`` reading only its header: catches missing, empty, unknown, zero-size and
+    oversized files cheaply, before any pixel is decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitkitError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise VitkitError(f"{path}: the file is empty (0 bytes)")
+    return _header(path, path, max_pixels)
+
+
+def _check_chans(in_chans: int) -> None:
     if in_chans not in (1, 3):
         raise VitkitError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
-    path = Path(path)
-    im = open_header(path, max_pixels)
+
+
+def _header(source: Path | IO[bytes], name: str | Path, max_pixels: int | None) -> Image.Image:
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except UnidentifiedImageError:
+        ext = Path(str(name)).suffix.lower()
+        if ext in IMAGE_EXTENSIONS:
+            raise VitkitError(f"{name}: unreadable image data (corrupt, truncated, or not really a {ext} file)") \
+                from None
+        raise VitkitError(f"{name}: not an image format Pillow can read (extension {ext or 'none'})") from None
+    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
+        raise _too_large(name, str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
+        raise VitkitError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w == 0 or h == 0:
+        raise VitkitError(f"{name}: image has zero size ({w}x{h})")
+    if w * h > limit:
+        raise _too_large(name, f"{w}x{h} = {w * h:,} pixels, limit {limit:,}")
+    return im
+
+
+def _decode(im: Image.Image, name: str | Path, in_chans: int, draft_size: int | None) -> Image.Image:
     try:
         if draft_size and im.format == "JPEG":
             im.draft("L" if in_chans == 1 else "RGB", (draft_size, draft_size))
         im.load()
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, EOFError, ...
-        raise VitkitError(f"{path}: truncated or corrupt image ({type(e).__name__}: {e})") from None
+        raise VitkitError(f"{name}: truncated or corrupt image ({type(e).__name__}: {e})") from None
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block should not lose an otherwise good picture
@@ -51,42 +106,11 @@ def open_image(path: str | os.PathLike, in_chans: int, *, max_pixels: int | None
     try:
         return _to_mode(im, "L" if in_chans == 1 else "RGB")
     except ValueError as e:
-        raise VitkitError(f"{path}: cannot convert image mode {im.mode} to 8-bit ({e})") from None
+        raise VitkitError(f"{name}: cannot convert image mode {im.mode} to 8-bit ({e})") from None
 
 
-def open_header(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Open ``path`` reading only its header: catches missing, empty, unknown, zero-size and
-    oversized files cheaply, before any pixel is decoded."""
-    path = Path(path)
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if not path.is_file():
-        raise VitkitError(f"{path}: no such image file")
-    if path.stat().st_size == 0:
-        raise VitkitError(f"{path}: the file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except UnidentifiedImageError:
-        ext = path.suffix.lower()
-        if ext in IMAGE_EXTENSIONS:
-            raise VitkitError(f"{path}: unreadable image data (corrupt, truncated, or not really a {ext} file)") \
-                from None
-        raise VitkitError(f"{path}: not an image format Pillow can read (extension {ext or 'none'})") from None
-    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
-        raise _too_large(path, str(e)) from None
-    except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
-        raise VitkitError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
-    w, h = im.size
-    if w == 0 or h == 0:
-        raise VitkitError(f"{path}: image has zero size ({w}x{h})")
-    if w * h > limit:
-        raise _too_large(path, f"{w}x{h} = {w * h:,} pixels, limit {limit:,}")
-    return im
-
-
-def _too_large(path: Path, detail: str) -> VitkitError:
-    return VitkitError(f"{path}: image is too large ({detail}); refusing a possible decompression bomb "
+def _too_large(name: str | Path, detail: str) -> VitkitError:
+    return VitkitError(f"{name}: image is too large ({detail}); refusing a possible decompression bomb "
                        "(raise VITKIT_MAX_IMAGE_PIXELS if the image is genuine)")
 
 

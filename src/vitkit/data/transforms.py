@@ -17,14 +17,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
     """Shorter side to ``size``, then the central ``size`` x ``size`` square (the usual eval
-    transform): no distortion of the aspect ratio, at the cost of the borders."""
+    transform): no distortion of the aspect ratio, at the cost of the borders. The square is
+    resampled straight from the source, so a 100000x1 strip costs a ``size``-square of memory,
+    not the 100000*size pixels of resizing it whole first."""
     w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return im.crop((left, top, left + size, top + size))
+    if (w, h) == (size, size):
+        return im
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),
+                     reducing_gap=3.0)
 
 
 def resize_images(x: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:

@@ -21,8 +21,9 @@ def filter_components(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torc
     Returns ``(components [n, C, P, P], ratios [n])``; ``n`` is capped at the number of
     components that exist (min(D, C·P·P)). Filters are centred before the SVD, as PCA does.
     """
-    embed = model.patch_embed
-    w = (embed.filters() if hasattr(embed, "filters") else embed.proj.weight).detach().float()
+    w = image_filters(model)
+    if w is None:
+        raise ValueError("the patch embedding does not project image pixels (a hybrid's projects CNN features)")
     d, c, ph, pw = w.shape
     flat = w.reshape(d, c * ph * pw)
     flat = flat - flat.mean(dim=0, keepdim=True)
@@ -30,6 +31,15 @@ def filter_components(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torc
     n = min(n, vh.shape[0])
     var = s ** 2
     return vh[:n].reshape(n, c, ph, pw), var[:n] / var.sum().clamp_min(1e-12)
+
+
+def image_filters(model: nn.Module) -> torch.Tensor | None:
+    """The patch embedding as D filters over image pixels [D, C, P, P]; ``None`` for a hybrid,
+    whose projection reads CNN feature channels and so has no picture to show."""
+    embed = model.patch_embed
+    if hasattr(embed, "backbone"):
+        return None
+    return (embed.filters() if hasattr(embed, "filters") else embed.proj.weight).detach().float()
 
 
 def pos_embed_similarity(model: nn.Module) -> torch.Tensor:

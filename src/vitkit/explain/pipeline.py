@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import VitkitError
 from .attention import ClassAttention, HeadFusion, Rollout, forward_with_attention
 from .distance import fold_attention_distance
-from .embeddings import filter_components, pos_embed_similarity
+from .embeddings import filter_components, image_filters, pos_embed_similarity
 from .figures import (plot_attention_distance, plot_class_attention, plot_filter_components,
                       plot_pos_embed_similarity, plot_rollout)
 from .report import Figure, Section, write_report
@@ -71,11 +71,15 @@ def _analyse(model: nn.Module, images: torch.Tensor, token: int | None, head_fus
 
 
 def model_figures(model: nn.Module, out_dir: Path, n_components: int = 28) -> dict[str, Path]:
-    """The weight-only figures: patch-embedding filter components and position-embedding similarity."""
-    comps, ratios = filter_components(model, n_components)
-    return {"filters": plot_filter_components(comps, ratios, Path(out_dir) / "patch_embedding_filters.png"),
-            "pos_embed": plot_pos_embed_similarity(pos_embed_similarity(model),
-                                                   Path(out_dir) / "position_embedding_similarity.png")}
+    """The weight-only figures: patch-embedding filter components (not for a hybrid, whose
+    embedding reads CNN features, not pixels) and position-embedding similarity."""
+    figures = {}
+    if image_filters(model) is not None:
+        comps, ratios = filter_components(model, n_components)
+        figures["filters"] = plot_filter_components(comps, ratios, Path(out_dir) / "patch_embedding_filters.png")
+    figures["pos_embed"] = plot_pos_embed_similarity(pos_embed_similarity(model),
+                                                     Path(out_dir) / "position_embedding_similarity.png")
+    return figures
 
 
 def explain_images(model: nn.Module, images: torch.Tensor, originals: Sequence[Any] | None, names: Sequence[str],
@@ -117,10 +121,9 @@ def explain_images(model: nn.Module, images: torch.Tensor, originals: Sequence[A
             Figure(att, f"Attention of the {what} to each patch, per layer (rows) and head (columns).")], top))
 
     figures = model_figures(model, out_dir)
-    sections.append(Section("Model", [
-        Figure(figures["filters"], "Top principal components of the patch-embedding filters (ViT paper, Fig. 7 left)."),
-        Figure(figures["pos_embed"], "Cosine similarity of each position's embedding to all others "
-                                     "(ViT paper, Fig. 7 centre).")]))
+    captions = {"filters": "Top principal components of the patch-embedding filters (ViT paper, Fig. 7 left).",
+                "pos_embed": "Cosine similarity of each position's embedding to all others (ViT paper, Fig. 7 centre)."}
+    sections.append(Section("Model", [Figure(path, captions[key]) for key, path in figures.items()]))
     name = getattr(model, "model_name", type(model).__name__)
     report = write_report(out_dir / "report.html", f"vitkit explain: {name}", sections,
                           f"{b} image(s), input {images.shape[-2]}x{images.shape[-1]}, {gh}x{gw} patches.")

@@ -79,7 +79,7 @@ def resolve_token(model: nn.Module, token: int | None) -> int | None:
     if token is None:
         return 0 if getattr(model, "global_pool", "token") == "token" and prefix else None
     if not 0 <= token < prefix:
-        valid = f"0 to {prefix - 1}" if prefix else "none: it has no prefix tokens, use token=None"
+        valid = f"0 to {prefix - 1}" if prefix else "none: it has no prefix tokens, leave the token out"
         raise VitkitError(f"token {token} is not a prefix token of this model (valid: {valid})")
     return token
 

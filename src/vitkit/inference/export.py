@@ -19,12 +19,15 @@ ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on
 
 
 def _sample_input(model: nn.Module, img_size: int | tuple[int, int] | None) -> torch.Tensor:
-    """A 2-image batch of the model's input size (``img_size`` overrides it for dynamic-size models)."""
-    embed = getattr(model, "patch_embed", None)
-    if embed is None:
-        raise VitkitError("export needs a vitkit VisionTransformer (a model with .patch_embed)")
-    h, w = embed.img_size if img_size is None else (img_size, img_size) if isinstance(img_size, int) else img_size
-    return torch.randn(2, embed.in_chans, h, w)
+    """A 2-image batch of the model's input size (``img_size`` overrides it for dynamic-size models).
+
+    A ViT knows its size from its patch embedding; a vitkit CNN records the size it was built for."""
+    source = getattr(model, "patch_embed", model)
+    if not hasattr(source, "in_chans") or getattr(source, "img_size", None) is None:
+        raise VitkitError(f"cannot tell the input size of this {type(model).__name__}; export a vitkit model")
+    size = source.img_size if img_size is None else img_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(2, source.in_chans, h, w)
 
 
 def export(model: nn.Module, path: str | Path, format: str = "onnx",
@@ -66,7 +69,10 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+            raise VitkitError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # e.g. ['batch', 3, 224, 224]
         self.input_shape = tuple(d if isinstance(d, int) else None for d in shape[1:])
@@ -74,13 +80,21 @@ class OnnxClassifier:
         self.num_classes = classes if isinstance(classes, int) else None
         self.path = Path(path)
 
-    def check_matches(self, config: dict, checkpoint: str | Path) -> None:
-        """Refuse an ONNX file exported from another model: its labels would silently be wrong."""
+    def check_matches(self, model: nn.Module, config: dict, checkpoint: str | Path) -> None:
+        """Refuse an ONNX file exported from another model, whose labels would silently be wrong:
+        its shapes must match the checkpoint's, and so must its logits on one sample image."""
         expected = (config["in_chans"], config["img_size"], config["img_size"])
         if self.input_shape != expected or self.num_classes not in (None, len(config["classes"])):
             raise VitkitError(f"{self.path}: takes {list(self.input_shape)} images and gives {self.num_classes} "
                               f"classes, but {checkpoint} is {list(expected)} with {len(config['classes'])}: "
                               "export this checkpoint again")
+        x = torch.randn(1, *expected, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            want = model.eval()(x).float()
+        got, tolerance = self(x), 1e-3 * (1 + want.abs().max().item())
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=tolerance):
+            raise VitkitError(f"{self.path}: its logits differ from {checkpoint}'s (exported from another model or "
+                              "an earlier run?); export this checkpoint again")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(torch.float32).contiguous().numpy()

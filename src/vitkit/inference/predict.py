@@ -50,6 +50,40 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
+def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str | Path | None = None
+                    ) -> tuple[Classifier, dict[str, Any]]:
+    """A checkpoint ready to classify, and its config (classes, mean/std, input size).
+
+    By default the checkpoint's model through :func:`prepare_for_inference`; with ``onnx``
+    the exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits.
+    """
+    from ..train import load_checkpoint
+    from .export import OnnxClassifier
+    from .prepare import prepare_for_inference
+
+    if Path(checkpoint).suffix == ".onnx":
+        raise VitkitError(f"{checkpoint}: an ONNX file; pass the checkpoint folder it was exported from as "
+                          f"the checkpoint and the file as --onnx {checkpoint}")
+    model, config = load_checkpoint(checkpoint)
+    if onnx is None:
+        return prepare_for_inference(model, precision), config
+    if not Path(onnx).is_file():
+        raise VitkitError(f"{onnx}: no such ONNX file (`vitkit export --checkpoint {checkpoint}` writes one)")
+    classifier = OnnxClassifier(onnx)
+    classifier.check_matches(model, config, checkpoint)
+    return classifier, config
+
+
+def top_classes(classifier: Classifier, images: torch.Tensor, config: dict[str, Any], topk: int = 5
+                ) -> list[list[tuple[str, float]]]:
+    """(class, probability) pairs, most likely first, for each uint8 image [B, C, H, W]."""
+    classes = config["classes"]
+    with torch.inference_mode():
+        probs = classifier(normalize(images, config["mean"], config["std"])).float().softmax(-1)
+    values, indices = probs.topk(min(topk, len(classes)), dim=1)
+    return [[(classes[j], round(v, 6)) for v, j in zip(vs, js)] for vs, js in zip(values.tolist(), indices.tolist())]
+
+
 def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, Any], topk: int = 5,
                   batch_size: int = 32, on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in order; ``config`` is the checkpoint's config.json.
@@ -57,8 +91,6 @@ def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, A
     ``classifier`` maps float32 images to logits: a model from ``prepare_for_inference``
     (any precision) or an ``OnnxClassifier``.
     """
-    classes, mean, std = config["classes"], config["mean"], config["std"]
-    k = min(topk, len(classes))
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         tensors: dict[int, torch.Tensor] = {}
@@ -69,12 +101,8 @@ def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, A
             except VitkitError as e:
                 results[i].error = str(e)
         if tensors:
-            batch = normalize(torch.stack(list(tensors.values())), mean, std)
-            with torch.inference_mode():
-                probs = classifier(batch).float().softmax(-1)
-            values, indices = probs.topk(k, dim=1)
-            for row, i in enumerate(tensors):
-                results[i].topk = [(classes[j], round(v, 6)) for v, j in zip(values[row].tolist(), indices[row].tolist())]
+            for i, top in zip(tensors, top_classes(classifier, torch.stack(list(tensors.values())), config, topk)):
+                results[i].topk = top
         if on_batch:
             on_batch(len(chunk))
         yield from results

@@ -32,6 +32,8 @@ class PatchEmbed(nn.Module):
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size
+        if strict_img_size and (self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]):
+            raise ValueError(f"image size {img_size} is not divisible by the patch size {patch_size}")
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ atomically, never a half-updated pair.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,33 @@ from ..weights import load_model, save_vitkit
 from .finetune import input_geometry
 
 STATE_NAME = "train_state.pt"
+RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metrics.jsonl", "curves.png",
+             "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval")
+"""What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
+
+
+def claim_output(directory: str | Path, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a run, unless asked to replace it.
+
+    Training over a run would silently lose it, and leave files of the old model (an exported
+    model.onnx, a best/ epoch) beside the new one's. With ``overwrite`` those files are removed;
+    anything else the user keeps there stays.
+    """
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise VitkitError(f"{out}: is a file, not a folder for the run")
+    if not ((out / "config.json").is_file() or (out / STATE_NAME).is_file()):
+        return
+    if not overwrite:
+        state = "finished" if (out / "eval.json").is_file() else "unfinished"
+        hint = "" if state == "finished" else f"`vitkit train --resume {out}` continues it, "
+        raise VitkitError(f"{out}: holds a {state} run; {hint}--overwrite replaces it, or choose another --output")
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -51,6 +79,12 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
     meta.setdefault("img_size", img_size)
     if len(meta["classes"]) != num_classes:
         raise VitkitError(f"{path}: config lists {len(meta['classes'])} classes but the head has {num_classes} outputs")
+    if (meta["in_chans"], meta["img_size"]) != (chans, img_size):
+        raise VitkitError(f"{path}: config says {meta['in_chans']} channels at {meta['img_size']} px but the "
+                          f"weights are a model for {chans} at {img_size}")
+    if len(meta["mean"]) != chans or len(meta["std"]) != chans or min(meta["std"]) <= 0:
+        raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
+                          f"got mean {meta['mean']}, std {meta['std']}")
     return model.eval(), meta
 
 

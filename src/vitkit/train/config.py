@@ -97,6 +97,18 @@ class TrainConfig:
             raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise VitkitError("epochs, batch_size and lr must be positive")
+        if self.img_size is not None and self.img_size < 1:
+            raise VitkitError(f"img_size must be positive, got {self.img_size}")
+        for name in ("warmup_epochs", "weight_decay", "min_lr"):
+            if getattr(self, name) < 0:
+                raise VitkitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 0:
+            raise VitkitError(f"workers must be >= 0, got {self.workers}")
+        if self.clip_grad is not None and self.clip_grad < 0:
+            raise VitkitError(f"clip_grad must be >= 0 (0 or null: no clipping), got {self.clip_grad}")
+        for name in ("drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise VitkitError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.distill not in ("hard", "soft"):
             raise VitkitError(f"distill must be hard or soft, got {self.distill!r}")
         if self.repeated_aug < 1:

@@ -19,11 +19,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import BatchAugment, Mixup, load_dataset, make_loader
+from ..data import BatchAugment, Mixup, has_separate_test, load_dataset, make_loader
 from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
 from ..fileio import write_json, write_text
-from .checkpoint import STATE_NAME, load_checkpoint, load_train_state, save_checkpoint, save_train_state, unwrap
+from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
+                         unwrap)
 from .config import TrainConfig
 from .distill import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
@@ -37,18 +38,37 @@ from .precision import autocast, cpu_name, resolve_precision
 
 def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
     """(in_chans, img_size) a model built from scratch by ``cfg`` takes."""
-    kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
+    try:
+        kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
+    except ValueError as e:  # an unknown name
+        raise VitkitError(str(e)) from None
     return kwargs.get("in_chans", 3), cfg.img_size or kwargs.get("img_size", 224)
 
 
-def build_datasets(cfg: TrainConfig, in_chans: int, img_size: int) -> tuple[Any, Any]:
+def build_datasets(cfg: TrainConfig, in_chans: int, img_size: int) -> tuple[Any, Any, Any]:
+    """Train, validation (scored every epoch, picks best/) and test (the final report) splits.
+
+    Validation and test are the same held-out images except for a folder with both val/ and
+    test/, whose test/ then stays unseen until the end."""
     common = dict(data_dir=cfg.data_dir, img_size=img_size, in_chans=in_chans,
                   val_fraction=cfg.val_fraction, seed=cfg.seed)
-    train_ds = load_dataset(cfg.dataset, "train", **common)
-    eval_ds = load_dataset(cfg.dataset, "test", **common)
-    if list(train_ds.classes) != list(eval_ds.classes):
-        raise VitkitError(f"{cfg.dataset}: train and test splits have different classes")
-    return train_ds, eval_ds
+    splits = ("train", "val", "test") if has_separate_test(cfg.dataset) else ("train", "val")
+    loaded, errors = {}, []
+    for split in splits:  # every split is read before any error is raised: one run lists all bad files
+        try:
+            loaded[split] = load_dataset(cfg.dataset, split, **common)
+        except VitkitError as e:
+            errors.append(str(e))
+    if errors:
+        raise VitkitError("; ".join(dict.fromkeys(errors)))
+    train_ds, val_ds = loaded["train"], loaded["val"]
+    test_ds = loaded.get("test", val_ds)
+    if len(train_ds.classes) < 2:
+        raise VitkitError(f"{cfg.dataset}: only one class ({train_ds.classes[0]}); a classifier needs two or more")
+    for held_out in (val_ds, test_ds):
+        if list(train_ds.classes) != list(held_out.classes):
+            raise VitkitError(f"{cfg.dataset}: train and held-out splits have different classes")
+    return train_ds, val_ds, test_ds
 
 
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: nn.Module | None = None) -> nn.Module:
@@ -88,11 +108,9 @@ class Trainer:
             raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
         self.batch_per_rank = cfg.batch_size // self.info.world_size
         torch.manual_seed(cfg.seed)
-        pretrained = (load_pretrained(cfg.init_from, cfg.img_size, drop_rate=cfg.drop_rate,
-                                      drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
-                      if cfg.init_from else None)
+        pretrained = self._pretrained() if cfg.init_from else None
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
-        self.train_ds, self.eval_ds = build_datasets(cfg, self.in_chans, self.img_size)
+        self.train_ds, self.eval_ds, self.test_ds = build_datasets(cfg, self.in_chans, self.img_size)
         self.classes = list(self.train_ds.classes)
         self.mean, self.std = tuple(self.train_ds.mean), tuple(self.train_ds.std)
         source = getattr(pretrained, "checkpoint_meta", {})
@@ -122,6 +140,14 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
+
+    def _pretrained(self) -> nn.Module:
+        cfg = self.cfg
+        try:
+            return load_pretrained(cfg.init_from, cfg.img_size, drop_rate=cfg.drop_rate,
+                                   drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
+        except (TypeError, ValueError) as e:  # a size or keyword these weights cannot take
+            raise VitkitError(f"{cfg.init_from}: {e}") from None
 
     def _augmentation(self) -> tuple[BatchAugment, Mixup | None]:
         cfg = self.cfg
@@ -167,6 +193,12 @@ class Trainer:
     def run_model(self) -> nn.Module:
         """The model the run produces: the EMA of the weights when enabled, else the trained weights."""
         return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    @property
+    def model_name(self) -> str:
+        """The registry name of what is trained: the loaded weights' own when fine-tuning."""
+        return self.run_model.model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
+                                             else self.cfg.model)
 
     def _restore(self) -> None:
         state = load_train_state(self.out)
@@ -239,10 +271,12 @@ class Trainer:
             dist.all_reduce(stats)
         return (stats[0] / stats[1]).item()
 
-    def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
-        return evaluate_dataset(self.run_model if model is None else model, self.eval_ds, self.mean, self.std,
-                                batch_size=max(self.cfg.batch_size, 256), precision=self.precision,
-                                workers=self.cfg.workers)
+    def evaluate(self, model: nn.Module | None = None, dataset: Any = None) -> dict[str, Any]:
+        """``model`` (default: the run's model) on ``dataset`` (default: the validation split)."""
+        model = self.run_model if model is None else model
+        dataset = self.eval_ds if dataset is None else dataset
+        return evaluate_dataset(model, dataset, self.mean, self.std, batch_size=max(self.cfg.batch_size, 256),
+                                precision=self.precision, workers=self.cfg.workers)
 
     def _save_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> None:
         row = {"epoch": epoch + 1, "step": self.progress["step"], "train_loss": train_loss,
@@ -273,7 +307,7 @@ class Trainer:
         wall = time.perf_counter()
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _log(self.info, f"training {self.cfg.model} ({count_params(self.model) / 1e6:.2f}M params) on "
+            _log(self.info, f"training {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on "
                             f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, "
                             f"{self.precision}, {self.info.world_size} process(es), {torch.get_num_threads()} threads")
         for epoch in range(self.progress["epoch"], self.cfg.epochs):
@@ -290,9 +324,9 @@ class Trainer:
         return result
 
     def final_report(self, wall_seconds: float) -> dict[str, Any]:
-        """eval.json + confusion.png for the last model on the held-out split."""
-        metrics = self.evaluate()
-        report = {"model": self.run_model.model_name or self.cfg.model, "dataset": self.cfg.dataset, "split": "test",
+        """eval.json + confusion.png for the last model on the test split."""
+        metrics = self.evaluate(dataset=self.test_ds)
+        report = {"model": self.model_name, "dataset": self.cfg.dataset, "split": "test",
                   "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
                   "processes": self.info.world_size, "threads": torch.get_num_threads(), "cpu": cpu_name(),
                   "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,
@@ -304,6 +338,10 @@ class Trainer:
         return report
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) a run described by ``cfg``; returns the final report on rank 0."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run described by ``cfg``; returns the final report on rank 0.
+
+    A new run refuses an output folder that holds one already unless ``overwrite``."""
+    if not resume:
+        claim_output(cfg.output, overwrite)
     return Trainer(cfg, resume=resume).fit()

@@ -11,6 +11,8 @@ checkpoint states the registry name and keyword arguments, which rebuild it exac
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -36,7 +38,7 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
     try:
         base = dict(get_model_spec(name).kwargs) if name else {}
     except ValueError as e:
-        raise VitkitError(str(e)) from None
+        raise VitkitError(f"{ckpt.source}: {e}") from None
     build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
     model = build(ckpt, name, base, overrides)
     model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
@@ -65,6 +67,9 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
     kwargs = {**native, **overrides}
     if "num_heads" not in kwargs:
         kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
+        warnings.warn(f"{ckpt.source}: the weights do not store the number of attention heads; assuming "
+                      f"{kwargs['num_heads']} (head width 64, as in every ViT/DeiT size). If that is wrong the "
+                      "logits are too: pass a model name or num_heads", stacklevel=2)
     model = _construct(name, kwargs, ckpt.source)
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())

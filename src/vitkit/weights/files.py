@@ -99,7 +99,11 @@ def _read_npz(path: Path) -> StateDict:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object (config files are objects: a list or a number there is a broken file)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise VitkitError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise VitkitError(f"{path}: expected a JSON object {{...}}, found a {type(data).__name__}")
+    return data
