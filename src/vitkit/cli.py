@@ -224,6 +224,41 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .inference.predict import load_classifier
+    from .serve import Predictor, make_server
+
+    onnx = _onnx_file(args)
+    classifier, cfg = load_classifier(args.checkpoint, args.precision, onnx)
+    runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, precision {args.precision}"
+    predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk)
+    predictor.warm_up()
+    try:
+        server = make_server(predictor, args.host, args.port)
+    except OSError as e:  # port taken, address not local, ...
+        raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    print(f"serving {args.checkpoint} at http://{args.host}:{server.server_port}/  (POST /predict with an image "
+          "as the body; Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an HTTP API (POST /predict) and a page to try a checkpoint in a browser")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--topk", type=_positive_int, default=5, help="default top-k of /predict (?topk=K overrides)")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
 # ---------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export
@@ -383,7 +418,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_finetune, add_eval, add_predict, add_export, add_explain, add_models, add_samples, add_convert]
+    add_train, add_finetune, add_eval, add_predict, add_serve, add_export, add_explain, add_models, add_samples,
+    add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,21 +439,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning  # one line, without the library's file and line number
-        try:
-            return args.func(args)
-        except VitkitError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:  # a path the user gave: exists as a file, is a folder, no permission, ...
-            if e.filename is None:
-                raise
-            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line, without the library's file and line number
+            return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except VitkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave: exists as a file, is a folder, no permission, ...
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

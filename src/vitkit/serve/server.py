@@ -1,0 +1,127 @@
+"""`vitkit serve`: an HTTP API over a checkpoint, on the standard library's server.
+
+    GET  /          a page: drop images on it, see the top classes
+    GET  /health    {"status": "ok"}
+    GET  /info      the checkpoint: classes, input size, runtime
+    POST /predict   the request body is one image file, any format and mode Pillow reads
+                    (``curl --data-binary @cat.jpg``); ``?topk=K&name=cat.jpg`` optional
+                    -> {"name", "topk": [{"class", "prob"}, ...], "ms"}
+                    a bad image -> 400 {"error": "cat.jpg: truncated or corrupt image ..."}
+
+Requests are answered one at a time: on a CPU one image already keeps every core busy, so
+running two at once would only make both slower.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import torch
+
+from ..data import resized_from_bytes
+from ..errors import VitkitError
+from ..inference.predict import Classifier, top_classes
+from .page import PAGE
+
+MAX_BODY_BYTES = 32 * 2**20
+"""Bigger uploads are refused (413) before they are read."""
+
+
+class Predictor:
+    """A classifier, its checkpoint's config and a lock: what every request shares."""
+
+    def __init__(self, classifier: Classifier, config: dict[str, Any], checkpoint: str, runtime: str,
+                 topk: int = 5):
+        self.classifier, self.config, self.topk = classifier, config, topk
+        self.about = {"checkpoint": checkpoint, "runtime": runtime, "classes": list(config["classes"]),
+                      "img_size": config["img_size"], "in_chans": config["in_chans"]}
+        self.lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """One forward pass now, so the first user does not wait for kernels to be prepared."""
+        size, chans = self.config["img_size"], self.config["in_chans"]
+        with self.lock:
+            top_classes(self.classifier, torch.zeros(1, chans, size, size, dtype=torch.uint8), self.config)
+
+    def predict(self, data: bytes, name: str, topk: int | None = None) -> dict[str, Any]:
+        image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+        with self.lock:
+            start = time.perf_counter()
+            top = top_classes(self.classifier, image[None], self.config, topk or self.topk)[0]
+            ms = 1e3 * (time.perf_counter() - start)
+        return {"name": name, "topk": [{"class": c, "prob": p} for c, p in top], "ms": round(ms, 2)}
+
+
+def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
+                max_body: int = MAX_BODY_BYTES) -> ThreadingHTTPServer:
+    """A server ready for ``serve_forever()``; port 0 picks a free one (``server.server_port``)."""
+    handler = type("Handler", (_Handler,), {"predictor": predictor, "max_body": max_body})
+    return ThreadingHTTPServer((host, port), handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    predictor: Predictor
+    max_body: int
+    server_version = "vitkit"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        path = urlparse(self.path).path
+        if path == "/":
+            self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+        elif path == "/health":
+            self._json(HTTPStatus.OK, {"status": "ok"})
+        elif path == "/info":
+            self._json(HTTPStatus.OK, self.predictor.about)
+        else:
+            self._not_found(path)
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlparse(self.path)
+        if url.path != "/predict":
+            return self._not_found(url.path)
+        query = parse_qs(url.query)
+        name = query.get("name", ["upload"])[0]
+        topk = query.get("topk", [str(self.predictor.topk)])[0]
+        if not topk.isdigit() or int(topk) < 1:
+            return self._error(HTTPStatus.BAD_REQUEST, f"topk must be a positive integer, got {topk!r}")
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self.close_connection = True
+            return self._error(HTTPStatus.LENGTH_REQUIRED, "send the image file as the request body, with its "
+                                                           "Content-Length (curl --data-binary @image.jpg ...)")
+        if int(length) > self.max_body:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"{name}: {int(length):,} bytes is over the limit of {self.max_body:,}")
+        data = self.rfile.read(int(length))
+        try:
+            self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk)))
+        except VitkitError as e:
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
+
+    do_PUT = do_POST  # curl -T image.jpg
+
+    def _not_found(self, path: str) -> None:
+        self._error(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint (GET /, /health, /info; POST /predict)")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        print(f"{self.address_string()} {format % args}", file=sys.stderr)

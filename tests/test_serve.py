@@ -1,0 +1,97 @@
+"""`vitkit serve`: the HTTP API answers like `vitkit predict`, and bad uploads get a clear 4xx."""
+import io
+import json
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vitkit
+from vitkit.inference.predict import load_classifier, predict_files
+from vitkit.serve import Predictor, make_server
+from vitkit.train import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve") / "ckpt"
+    model = vitkit.create_model("vit_mini_patch4_28", img_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    save_checkpoint(folder, model, dict(classes=["ant", "bee", "cat"], mean=[0.5], std=[0.25], img_size=16,
+                                        in_chans=1))
+    classifier, config = load_classifier(folder, "fp32")
+    server = make_server(Predictor(classifier, config, str(folder), "torch fp32", topk=2), port=0, max_body=50_000)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", classifier, config, folder
+    server.shutdown()
+    server.server_close()
+
+
+def call(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data is not None
+                                                           else "GET"), timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_predict_answers_what_vitkit_predict_prints(served, tmp_path):
+    url, classifier, config, _ = served
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 4), dtype=np.uint8), "RGBA")
+    (tmp_path / "p.png").write_bytes(png(picture))
+    status, body = call(f"{url}/predict?name=p.png&topk=3", png(picture))
+    assert status == 200
+    answer = json.loads(body)
+    expected = next(predict_files(classifier, [tmp_path / "p.png"], config, topk=3))
+    assert answer["name"] == "p.png" and answer["ms"] > 0
+    assert [(t["class"], t["prob"]) for t in answer["topk"]] == expected.topk
+    assert len(json.loads(call(f"{url}/predict", png(picture))[1])["topk"]) == 2  # the server's default
+
+
+@pytest.mark.parametrize("path, data, status, message", [
+    ("/predict?name=x.png", b"GIF89a but not really", 400, "x.png: unreadable image data"),
+    ("/predict?name=empty.jpg", b"", 400, "empty.jpg: the image is empty"),
+    ("/predict?name=big.png", b"\0" * 60_000, 413, "big.png: 60,000 bytes is over the limit of 50,000"),
+    ("/predict?topk=0", png(Image.new("L", (8, 8))), 400, "topk must be a positive integer"),
+    ("/classify", b"x", 404, "/classify: no such endpoint"),
+    ("/nothing", None, 404, "/nothing: no such endpoint"),
+])
+def test_bad_requests_get_a_clear_error(served, path, data, status, message):
+    code, body = call(served[0] + path, data)
+    assert code == status and message in json.loads(body)["error"]
+
+
+def test_page_health_and_info(served):
+    url = served[0]
+    status, page = call(url + "/")
+    assert status == 200 and b'type="file"' in page and b"predict?name=" in page
+    assert json.loads(call(url + "/health")[1]) == {"status": "ok"}
+    info = json.loads(call(url + "/info")[1])
+    assert info["classes"] == ["ant", "bee", "cat"] and (info["img_size"], info["in_chans"]) == (16, 1)
+
+
+def test_the_serve_command_listens_and_stops(served):
+    """`vitkit serve --port 0` prints its address, answers, and stops on Ctrl-C (SIGINT)."""
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(served[3]), "--port", "0",
+                             "--precision", "fp32"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("serving ") and "http://127.0.0.1:" in line, line
+        url = line.split()[3].rstrip("/")
+        status, body = call(url + "/predict?name=a.png", png(Image.new("RGB", (20, 20), "red")))
+        assert status == 200 and len(json.loads(body)["topk"]) == 3  # --topk 5, capped at the 3 classes
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
