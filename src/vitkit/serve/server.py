@@ -69,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
     predictor: Predictor
     max_body: int
     server_version = "vitkit"
+    timeout = 60  # seconds a client may stall mid-request before its connection is dropped
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         path = urlparse(self.path).path
