@@ -23,8 +23,9 @@ def served(tmp_path_factory):
     model = vitkit.create_model("vit_mini_patch4_28", img_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
     save_checkpoint(folder, model, dict(classes=["ant", "bee", "cat"], mean=[0.5], std=[0.25], img_size=16,
                                         in_chans=1))
-    classifier, config = load_classifier(folder, "fp32")
-    server = make_server(Predictor(classifier, config, str(folder), "torch fp32", topk=2), port=0, max_body=50_000)
+    classifier, config, model = load_classifier(folder, "fp32")
+    server = make_server(Predictor(classifier, config, str(folder), "torch fp32", topk=2, model=model), port=0,
+                         max_body=50_000)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", classifier, config, folder
     server.shutdown()
@@ -72,6 +73,29 @@ def test_bad_requests_get_a_clear_error(served, path, data, status, message):
     assert code == status and message in json.loads(body)["error"]
 
 
+def test_explain_returns_the_image_beside_its_rollout_overlay(served):
+    url = served[0]
+    picture = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    status, body = call(f"{url}/explain?name=ramp.png", png(picture))
+    assert status == 200
+    strip = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    assert strip.shape == (224, 448, 3)  # 16 px enlarged 14x (nearest), input then overlay
+    assert np.array_equal(strip[::14, :224:14, 0], np.asarray(picture))  # the left half is the input
+    assert not np.array_equal(strip[:, :224], strip[:, 224:])
+    code, body = call(f"{url}/explain?name=bad.png", b"not an image")
+    assert code == 400 and "bad.png: unreadable image data" in json.loads(body)["error"]
+
+
+def test_a_cnn_is_served_without_explain():
+    from vitkit.errors import VitkitError
+    cnn = vitkit.create_model("resnet_mini_28").eval()
+    config = dict(classes=[str(i) for i in range(10)], mean=[0.5], std=[0.5], img_size=28, in_chans=1)
+    predictor = Predictor(cnn, config, "cnn", "torch", model=cnn)
+    assert predictor.about["explain"] is False
+    with pytest.raises(VitkitError, match="no attention layers"):
+        predictor.explain(png(Image.new("L", (28, 28))), "x.png")
+
+
 def test_page_health_and_info(served):
     url = served[0]
     status, page = call(url + "/")
@@ -79,6 +103,7 @@ def test_page_health_and_info(served):
     assert json.loads(call(url + "/health")[1]) == {"status": "ok"}
     info = json.loads(call(url + "/info")[1])
     assert info["classes"] == ["ant", "bee", "cat"] and (info["img_size"], info["in_chans"]) == (16, 1)
+    assert info["explain"] is True
 
 
 def test_the_serve_command_listens_and_stops(served):

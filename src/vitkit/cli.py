@@ -177,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .inference.predict import expand_inputs, load_classifier, predict_files
 
-    classifier, cfg = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
+    classifier, cfg, _ = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
     bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
     results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
@@ -230,9 +230,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import Predictor, make_server
 
     onnx = _onnx_file(args)
-    classifier, cfg = load_classifier(args.checkpoint, args.precision, onnx)
+    classifier, cfg, model = load_classifier(args.checkpoint, args.precision, onnx)
     runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, precision {args.precision}"
-    predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk)
+    predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk, model)
     predictor.warm_up()
     try:
         server = make_server(predictor, args.host, args.port)

@@ -68,6 +68,15 @@ def blend(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (1 - ALPHA) * image + ALPHA * coloured
 
 
+def rollout_strip(rollout: torch.Tensor, image: Any, min_side: int = 224) -> np.ndarray:
+    """The input and its rollout overlay side by side, RGB [H, 2W, 3] in [0, 1]; small inputs are
+    enlarged (nearest neighbour, so patches stay sharp) to at least ``min_side`` pixels tall."""
+    img = to_display(image)
+    strip = np.concatenate([img, blend(img, stretch(upsample(rollout, img.shape[:2])))], axis=1)
+    scale = max(1, -(-min_side // img.shape[0]))
+    return strip.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 def mosaic(tiles: np.ndarray, gap: int = 1, fill: float = np.nan) -> np.ndarray:
     """Tiles [R, C, h, w(, 3)] -> one image with ``gap`` pixels of ``fill`` between tiles."""
     r, c, h, w = tiles.shape[:4]

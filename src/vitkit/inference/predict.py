@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..data import load_resized, normalize
 from ..errors import VitkitError
@@ -51,11 +52,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str | Path | None = None
-                    ) -> tuple[Classifier, dict[str, Any]]:
-    """A checkpoint ready to classify, and its config (classes, mean/std, input size).
+                    ) -> tuple[Classifier, dict[str, Any], nn.Module]:
+    """A checkpoint ready to classify, its config (classes, mean/std, input size) and its plain
+    fp32 model (what the explain functions read attention from).
 
-    By default the checkpoint's model through :func:`prepare_for_inference`; with ``onnx``
-    the exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits.
+    The classifier is the model through :func:`prepare_for_inference`, or with ``onnx`` the
+    exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits.
     """
     from ..train import load_checkpoint
     from .export import OnnxClassifier
@@ -66,12 +68,12 @@ def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str |
                           f"the checkpoint and the file as --onnx {checkpoint}")
     model, config = load_checkpoint(checkpoint)
     if onnx is None:
-        return prepare_for_inference(model, precision), config
+        return prepare_for_inference(model, precision), config, model
     if not Path(onnx).is_file():
         raise VitkitError(f"{onnx}: no such ONNX file (`vitkit export --checkpoint {checkpoint}` writes one)")
     classifier = OnnxClassifier(onnx)
     classifier.check_matches(model, config, checkpoint)
-    return classifier, config
+    return classifier, config, model
 
 
 def top_classes(classifier: Classifier, images: torch.Tensor, config: dict[str, Any], topk: int = 5

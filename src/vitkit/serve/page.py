@@ -1,4 +1,5 @@
-"""The page `vitkit serve` shows at /: pick or drop images, see each one's top classes.
+"""The page `vitkit serve` shows at /: pick or drop images, see each one's top classes and,
+for a ViT, its attention rollout.
 
 Plain HTML and a few lines of script, no build step: each image is POSTed to /predict as
 it is, and names and labels are set as text (never parsed as HTML).
@@ -13,6 +14,7 @@ PAGE = """<!doctype html>
  #drop.over { border-color: #2a6; background: #f3fbf6; }
  .card { display: flex; gap: 1em; align-items: center; border-bottom: 1px solid #eee; padding: .8em 0; }
  .card img { width: 96px; height: 96px; object-fit: contain; background: #f4f4f4; image-rendering: pixelated; }
+ .card img.overlay { width: auto; height: 120px; }
  .bars { flex: 1; } .name { font-weight: 600; margin-bottom: .3em; word-break: break-all; }
  .row { display: flex; align-items: center; gap: .5em; margin: 2px 0; }
  .row span { width: 12em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -26,8 +28,10 @@ PAGE = """<!doctype html>
 <script>
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; };
-fetch("info").then(r => r.json()).then(i => { document.getElementById("about").textContent =
-  `${i.checkpoint}: ${i.classes.length} classes, ${i.img_size}x${i.img_size} input, ${i.runtime}`; });
+let about = {};
+fetch("info").then(r => r.json()).then(i => { about = i; document.getElementById("about").textContent =
+  `${i.checkpoint}: ${i.classes.length} classes, ${i.img_size}x${i.img_size} input, ${i.runtime}` +
+  (i.explain ? "; beside each result, the attention rollout: the patches the prediction drew on" : ""); });
 async function classify(file) {
   const card = el("div", "card"), img = el("img"), bars = el("div", "bars");
   img.src = URL.createObjectURL(file); bars.append(el("div", "name", file.name));
@@ -43,6 +47,10 @@ async function classify(file) {
       bars.append(row);
     }
     bars.append(el("small", "", `${out.ms} ms`));
+    if (about.explain) {
+      const e = await fetch(`explain?name=${encodeURIComponent(file.name)}`, {method: "POST", body: file});
+      if (e.ok) { const map = el("img", "overlay"); map.src = URL.createObjectURL(await e.blob()); card.append(map); }
+    }
   } catch (e) { bars.append(el("div", "error", String(e))); }
 }
 const drop = document.getElementById("drop"), input = document.getElementById("files");

@@ -7,12 +7,14 @@
                     (``curl --data-binary @cat.jpg``); ``?topk=K&name=cat.jpg`` optional
                     -> {"name", "topk": [{"class", "prob"}, ...], "ms"}
                     a bad image -> 400 {"error": "cat.jpg: truncated or corrupt image ..."}
+    POST /explain   the same body -> a PNG: the image and its attention-rollout overlay
 
 Requests are answered one at a time: on a CPU one image already keeps every core busy, so
 running two at once would only make both slower.
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 import threading
@@ -22,11 +24,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import torch
+from PIL import Image
+from torch import nn
 
-from ..data import resized_from_bytes
+from ..data import normalize, resized_from_bytes
 from ..errors import VitkitError
+from ..explain import attention_rollout
+from ..explain.figures import rollout_strip
 from ..inference.predict import Classifier, top_classes
+from ..models.layers import Attention
 from .page import PAGE
 
 MAX_BODY_BYTES = 32 * 2**20
@@ -34,13 +42,19 @@ MAX_BODY_BYTES = 32 * 2**20
 
 
 class Predictor:
-    """A classifier, its checkpoint's config and a lock: what every request shares."""
+    """A classifier, its checkpoint's config and a lock: what every request shares.
+
+    ``model``, the checkpoint's plain model, enables /explain (attention rollout) when it has
+    attention layers; the classifier may be a prepared copy or an ONNX session, which hide them.
+    """
 
     def __init__(self, classifier: Classifier, config: dict[str, Any], checkpoint: str, runtime: str,
-                 topk: int = 5):
+                 topk: int = 5, model: nn.Module | None = None):
         self.classifier, self.config, self.topk = classifier, config, topk
+        self.model = model if model is not None and _has_attention(model) else None
         self.about = {"checkpoint": checkpoint, "runtime": runtime, "classes": list(config["classes"]),
-                      "img_size": config["img_size"], "in_chans": config["in_chans"]}
+                      "img_size": config["img_size"], "in_chans": config["in_chans"],
+                      "explain": self.model is not None}
         self.lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -56,6 +70,24 @@ class Predictor:
             top = top_classes(self.classifier, image[None], self.config, topk or self.topk)[0]
             ms = 1e3 * (time.perf_counter() - start)
         return {"name": name, "topk": [{"class": c, "prob": p} for c, p in top], "ms": round(ms, 2)}
+
+
+    def explain(self, data: bytes, name: str) -> bytes:
+        """A PNG of the image and its attention-rollout overlay: which patches the prediction used."""
+        if self.model is None:
+            raise VitkitError("this checkpoint has no attention layers to explain (a CNN?)")
+        image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+        x = normalize(image[None], self.config["mean"], self.config["std"])
+        with self.lock, torch.no_grad():
+            heat = attention_rollout(self.model, x)[0]
+        strip = rollout_strip(heat, image.permute(1, 2, 0).numpy())
+        buffer = io.BytesIO()
+        Image.fromarray((strip * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, Attention) for m in model.modules())
 
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
@@ -84,32 +116,44 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
-        if url.path != "/predict":
+        if url.path not in ("/predict", "/explain"):
             return self._not_found(url.path)
         query = parse_qs(url.query)
         name = query.get("name", ["upload"])[0]
         topk = query.get("topk", [str(self.predictor.topk)])[0]
         if not topk.isdigit() or int(topk) < 1:
             return self._error(HTTPStatus.BAD_REQUEST, f"topk must be a positive integer, got {topk!r}")
+        data = self._body(name)
+        if data is None:
+            return
+        try:
+            if url.path == "/explain":
+                self._send(HTTPStatus.OK, self.predictor.explain(data, name), "image/png")
+            else:
+                self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk)))
+        except VitkitError as e:
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
+
+    def _body(self, name: str) -> bytes | None:
+        """The uploaded file, or None after answering why it cannot be read."""
         length = self.headers.get("Content-Length", "")
         if not length.isdigit():
             self.close_connection = True
-            return self._error(HTTPStatus.LENGTH_REQUIRED, "send the image file as the request body, with its "
-                                                           "Content-Length (curl --data-binary @image.jpg ...)")
+            self._error(HTTPStatus.LENGTH_REQUIRED, "send the image file as the request body, with its "
+                                                    "Content-Length (curl --data-binary @image.jpg ...)")
+            return None
         if int(length) > self.max_body:
             self.close_connection = True  # the body is not read: the connection cannot be reused
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"{name}: {int(length):,} bytes is over the limit of {self.max_body:,}")
-        data = self.rfile.read(int(length))
-        try:
-            self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk)))
-        except VitkitError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"{name}: {int(length):,} bytes is over the limit of {self.max_body:,}")
+            return None
+        return self.rfile.read(int(length))
 
     do_PUT = do_POST  # curl -T image.jpg
 
     def _not_found(self, path: str) -> None:
-        self._error(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint (GET /, /health, /info; POST /predict)")
+        self._error(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint (GET /, /health, /info; "
+                                          "POST /predict, /explain)")
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
