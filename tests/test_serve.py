@@ -65,6 +65,8 @@ def test_predict_answers_what_vitkit_predict_prints(served, tmp_path):
     ("/predict?name=empty.jpg", b"", 400, "empty.jpg: the image is empty"),
     ("/predict?name=big.png", b"\0" * 60_000, 413, "big.png: 60,000 bytes is over the limit of 50,000"),
     ("/predict?topk=0", png(Image.new("L", (8, 8))), 400, "topk must be a positive integer"),
+    ("/predict?topk=%C2%B2", png(Image.new("L", (8, 8))), 400, "topk must be a positive integer"),  # '²'.isdigit()
+    ("/predict", None, 405, "/predict takes POST"),
     ("/classify", b"x", 404, "/classify: no such endpoint"),
     ("/nothing", None, 404, "/nothing: no such endpoint"),
 ])
@@ -101,6 +103,8 @@ def test_page_health_and_info(served):
     status, page = call(url + "/")
     assert status == 200 and b'type="file"' in page and b"predict?name=" in page
     assert json.loads(call(url + "/health")[1]) == {"status": "ok"}
+    with urllib.request.urlopen(urllib.request.Request(url + "/health", method="HEAD"), timeout=30) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "application/json" and r.read() == b""
     info = json.loads(call(url + "/info")[1])
     assert info["classes"] == ["ant", "bee", "cat"] and (info["img_size"], info["in_chans"]) == (16, 1)
     assert info["explain"] is True
@@ -120,3 +124,10 @@ def test_the_serve_command_listens_and_stops(served):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+
+
+def test_a_port_out_of_range_is_refused_before_loading_anything(capsys):
+    from vitkit.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--checkpoint", "/no/such/run", "--port", "70000"])
+    assert e.value.code == 2 and "a port is 0 to 65535" in capsys.readouterr().err

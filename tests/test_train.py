@@ -163,6 +163,9 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     (tmp_path / "run" / "notes.txt").write_text("the user's own file")
     with pytest.raises(VitkitError, match=r"run: holds a finished run; --overwrite replaces it"):
         train(cfg)
+    for reads in ({"init_from": str(tmp_path / "run")}, {"distill_from": str(tmp_path / "run" / "best")}):
+        with pytest.raises(VitkitError, match="is also where this run reads"):  # --overwrite would delete it
+            train(digits_config(tmp_path / "run", epochs=1, **reads), overwrite=True)
     train(cfg, overwrite=True)
     assert not (tmp_path / "run" / "model.onnx").exists(), "a stale export would run the old model"
     assert (tmp_path / "run" / "notes.txt").is_file() and (tmp_path / "run" / "eval.json").is_file()
@@ -224,6 +227,7 @@ def test_a_model_the_recipe_cannot_build_is_one_clear_error(tmp_path, bad, messa
     (lambda c: {**c, "mean": [0.5, 0.5, 0.5]}, "one value per input channel"),
     (lambda c: {**c, "img_size": 32}, "config says 1 channels at 32 px"),
     (lambda c: {**c, "model": "vit_nonexistent"}, "unknown model 'vit_nonexistent'"),
+    (lambda c: {**c, "classes": ["a", "a"]}, "classes must be a list of distinct names"),
 ])
 def test_a_hand_edited_config_that_contradicts_the_weights_names_the_file(tmp_path, edit, message):
     model = vitkit.create_model("vit_mini_patch4_28", **DIGITS_MODEL, in_chans=1, num_classes=2)

@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {text!r}")
+    return int(text)
+
+
 # ---------------------------------------------------------------- train
 def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     """Recipe fields given on the command line (None = not given): the flags, ``more``, then --set."""
@@ -60,6 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _run_overrides(args, model=args.model)
     if args.resume:
+        if args.output and Path(args.output).resolve() != Path(args.resume).resolve():
+            raise VitkitError(f"--resume {args.resume} continues that run in its own folder; drop --output "
+                              f"{args.output}")
         stored = load_train_state(args.resume)["config"]
         cfg = TrainConfig.from_dict({**stored, **{k: v for k, v in overrides.items() if v is not None},
                                      "output": args.resume})
@@ -233,11 +243,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     classifier, cfg, model = load_classifier(args.checkpoint, args.precision, onnx)
     runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, precision {args.precision}"
     predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk, model)
-    predictor.warm_up()
     try:
         server = make_server(predictor, args.host, args.port)
     except OSError as e:  # port taken, address not local, ...
         raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    predictor.warm_up()
     print(f"serving {args.checkpoint} at http://{args.host}:{server.server_port}/  (POST /predict with an image "
           "as the body; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
@@ -253,7 +263,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an HTTP API (POST /predict) and a page to try a checkpoint in a browser")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     p.add_argument("--topk", type=_positive_int, default=5, help="default top-k of /predict (?topk=K overrides)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_serve)

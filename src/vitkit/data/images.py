@@ -128,13 +128,18 @@ def _to_mode(im: Image.Image, mode: str) -> Image.Image:
 def _high_depth_to_l(im: Image.Image) -> Image.Image:
     """16-bit modes map 0..65535 to 0..255 (divide by 257). 32-bit "I" is taken as 16-bit data
     when it fits (that is what 16-bit PNG/TIFF usually decode to), and "F" in [0, 1] is scaled
-    by 255; any other range is stretched from min(0, min) to max, keeping zero black when it can."""
-    a = np.asarray(im).astype(np.float64)
+    by 255; any other range is stretched from min(0, min) to max, keeping zero black when it can.
+    The 16-bit case stays in integers: a 100-MP scan would need GBs as float64."""
+    a = np.asarray(im)
     lo, hi = (min(float(a.min()), 0.0), float(a.max())) if a.size else (0.0, 0.0)
     if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
-        a = a / 257.0
-    elif im.mode == "F" and lo >= 0 and hi <= 1:
-        a = a * 255.0
+        b = a.astype(np.uint32)
+        b += 128
+        b //= 257  # round(a / 257), in place
+        return Image.fromarray(b.astype(np.uint8))
+    a = a.astype(np.float32)
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        a *= 255.0
     else:
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))

@@ -29,7 +29,7 @@ PAGE = """<!doctype html>
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; };
 let about = {};
-fetch("info").then(r => r.json()).then(i => { about = i; document.getElementById("about").textContent =
+const ready = fetch("info").then(r => r.json()).then(i => { about = i; document.getElementById("about").textContent =
   `${i.checkpoint}: ${i.classes.length} classes, ${i.img_size}x${i.img_size} input, ${i.runtime}` +
   (i.explain ? "; beside each result, the attention rollout: the patches the prediction drew on" : ""); });
 async function classify(file) {
@@ -38,7 +38,7 @@ async function classify(file) {
   card.append(img, bars); document.getElementById("results").prepend(card);
   try {
     const r = await fetch(`predict?name=${encodeURIComponent(file.name)}&topk=5`, {method: "POST", body: file});
-    const out = await r.json();
+    const out = await r.json().catch(() => ({error: `HTTP ${r.status} ${r.statusText}`}));
     if (!r.ok) { bars.append(el("div", "error", out.error)); return; }
     for (const t of out.topk) {
       const row = el("div", "row"), bar = el("div", "bar");
@@ -47,6 +47,7 @@ async function classify(file) {
       bars.append(row);
     }
     bars.append(el("small", "", `${out.ms} ms`));
+    await ready;
     if (about.explain) {
       const e = await fetch(`explain?name=${encodeURIComponent(file.name)}`, {method: "POST", body: file});
       if (e.ok) { const map = el("img", "overlay"); map.src = URL.createObjectURL(await e.blob()); card.append(map); }

@@ -9,16 +9,17 @@
                     a bad image -> 400 {"error": "cat.jpg: truncated or corrupt image ..."}
     POST /explain   the same body -> a PNG: the image and its attention-rollout overlay
 
-Requests are answered one at a time: on a CPU one image already keeps every core busy, so
-running two at once would only make both slower.
+Requests are answered one at a time, decoding included: on a CPU one image already keeps every
+core busy, and a small file can decode to gigabytes, so running two at once would only make both
+slower and the peak memory larger.
 """
 from __future__ import annotations
 
 import io
 import json
-import sys
 import threading
 import time
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -64,8 +65,8 @@ class Predictor:
             top_classes(self.classifier, torch.zeros(1, chans, size, size, dtype=torch.uint8), self.config)
 
     def predict(self, data: bytes, name: str, topk: int | None = None) -> dict[str, Any]:
-        image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
-        with self.lock:
+        with self.lock:  # decoding too: a small file can decode to GBs, so one image at a time
+            image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
             start = time.perf_counter()
             top = top_classes(self.classifier, image[None], self.config, topk or self.topk)[0]
             ms = 1e3 * (time.perf_counter() - start)
@@ -76,10 +77,9 @@ class Predictor:
         """A PNG of the image and its attention-rollout overlay: which patches the prediction used."""
         if self.model is None:
             raise VitkitError("this checkpoint has no attention layers to explain (a CNN?)")
-        image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
-        x = normalize(image[None], self.config["mean"], self.config["std"])
         with self.lock, torch.no_grad():
-            heat = attention_rollout(self.model, x)[0]
+            image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+            heat = attention_rollout(self.model, normalize(image[None], self.config["mean"], self.config["std"]))[0]
         strip = rollout_strip(heat, image.permute(1, 2, 0).numpy())
         buffer = io.BytesIO()
         Image.fromarray((strip * 255).round().astype(np.uint8)).save(buffer, format="PNG")
@@ -102,6 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
     max_body: int
     server_version = "vitkit"
     timeout = 60  # seconds a client may stall mid-request before its connection is dropped
+    head_only = False
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         path = urlparse(self.path).path
@@ -111,8 +112,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, {"status": "ok"})
         elif path == "/info":
             self._json(HTTPStatus.OK, self.predictor.about)
+        elif path in ("/predict", "/explain"):
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST with an image file as the body",
+                        {"Allow": "POST, PUT"})
         else:
             self._not_found(path)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - health checks
+        self.head_only = True  # GET's status and headers, without its body
+        self.do_GET()
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
@@ -121,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         name = query.get("name", ["upload"])[0]
         topk = query.get("topk", [str(self.predictor.topk)])[0]
-        if not topk.isdigit() or int(topk) < 1:
+        if not (topk.isascii() and topk.isdigit() and int(topk) >= 1):
             return self._error(HTTPStatus.BAD_REQUEST, f"topk must be a positive integer, got {topk!r}")
         data = self._body(name)
         if data is None:
@@ -133,11 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk)))
         except VitkitError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must not drop the connection without an answer
+            self.log_error("%s", traceback.format_exc())
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{name}: internal error ({type(e).__name__}: {e})")
 
     def _body(self, name: str) -> bytes | None:
         """The uploaded file, or None after answering why it cannot be read."""
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             self.close_connection = True
             self._error(HTTPStatus.LENGTH_REQUIRED, "send the image file as the request body, with its "
                                                     "Content-Length (curl --data-binary @image.jpg ...)")
@@ -155,18 +166,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint (GET /, /health, /info; "
                                           "POST /predict, /explain)")
 
-    def _error(self, status: HTTPStatus, message: str) -> None:
-        self._json(status, {"error": message})
+    def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"error": message}, headers)
 
-    def _json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def _json(self, status: HTTPStatus, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
+              ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        for key, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        print(f"{self.address_string()} {format % args}", file=sys.stderr)
+        if not self.head_only:
+            self.wfile.write(body)

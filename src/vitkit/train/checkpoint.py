@@ -26,22 +26,27 @@ RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metri
 """What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
 
 
-def claim_output(directory: str | Path, overwrite: bool = False) -> None:
+def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[str | None] = ()) -> None:
     """Refuse to train into a folder that holds a run, unless asked to replace it.
 
     Training over a run would silently lose it, and leave files of the old model (an exported
     model.onnx, a best/ epoch) beside the new one's. With ``overwrite`` those files are removed;
-    anything else the user keeps there stays.
+    anything else the user keeps there stays. ``inputs`` (weights, teacher, backbone the run
+    reads) may not lie in the folder: replacing it would delete them before they are read.
     """
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise VitkitError(f"{out}: is a file, not a folder for the run")
+    for source in filter(None, inputs):
+        path = Path(source).resolve()
+        if path == out.resolve() or out.resolve() in path.parents:
+            raise VitkitError(f"{out}: is also where this run reads {source} from; choose another --output")
     if not ((out / "config.json").is_file() or (out / STATE_NAME).is_file()):
         return
     if not overwrite:
-        state = "finished" if (out / "eval.json").is_file() else "unfinished"
-        hint = "" if state == "finished" else f"`vitkit train --resume {out}` continues it, "
-        raise VitkitError(f"{out}: holds a {state} run; {hint}--overwrite replaces it, or choose another --output")
+        state = "a finished" if (out / "eval.json").is_file() else "an unfinished"
+        hint = "" if state == "a finished" else f"`vitkit train --resume {out}` continues it, "
+        raise VitkitError(f"{out}: holds {state} run; {hint}--overwrite replaces it, or choose another --output")
     for name in RUN_FILES:
         path = out / name
         if path.is_dir():
@@ -77,6 +82,9 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
     meta.setdefault("std", [0.5] * chans)
     meta.setdefault("in_chans", chans)
     meta.setdefault("img_size", img_size)
+    classes = meta["classes"]
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)) or len(set(classes)) < len(classes):
+        raise VitkitError(f"{path}: config's classes must be a list of distinct names, got {str(classes)[:80]}")
     if len(meta["classes"]) != num_classes:
         raise VitkitError(f"{path}: config lists {len(meta['classes'])} classes but the head has {num_classes} outputs")
     if (meta["in_chans"], meta["img_size"]) != (chans, img_size):

@@ -95,8 +95,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise VitkitError("epochs, batch_size and lr must be positive")
+        for name in ("epochs", "batch_size", "lr"):
+            if getattr(self, name) <= 0:
+                raise VitkitError(f"{name} must be positive, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 1:
             raise VitkitError(f"img_size must be positive, got {self.img_size}")
         for name in ("warmup_epochs", "weight_decay", "min_lr"):

@@ -211,7 +211,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({e})") from None
+            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({first})") from None
         self.progress = state["progress"]
         _log(self.info, f"resuming {self.out} after epoch {self.progress['epoch']}")
 
@@ -343,5 +344,5 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     A new run refuses an output folder that holds one already unless ``overwrite``."""
     if not resume:
-        claim_output(cfg.output, overwrite)
+        claim_output(cfg.output, overwrite, inputs=[cfg.init_from, cfg.distill_from, cfg.backbone_from])
     return Trainer(cfg, resume=resume).fit()
