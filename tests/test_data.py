@@ -366,3 +366,11 @@ def test_random_crop_flip_matches_pad_then_crop(pad_mode, torch_mode):
     assert len({y[i].sum().item() for i in range(16)}) > 1
     again = random_crop_flip(x, p, True, torch.Generator().manual_seed(1), pad_mode=pad_mode)
     assert torch.equal(again, y)
+
+
+@pytest.mark.parametrize("folders", [("Train", "val"), ("train", "validation")])
+def test_folders_named_like_splits_are_not_read_as_classes_or_ignored(tmp_path, folders):
+    for name in folders:
+        _class_folders(tmp_path / "ds" / name, 2)
+    with pytest.raises(VitkitError, match=r"look\(s\) like a split; vitkit reads the splits train/, val/ and test/"):
+        load_dataset(f"folder:{tmp_path / 'ds'}", "train", img_size=8)

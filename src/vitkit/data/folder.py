@@ -43,6 +43,7 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
                           else f"{root}: is a file, expected a folder of class sub-folders")
     if not 0 <= val_fraction < 1:
         raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    _check_split_names(root)
     if (root / "train").is_dir() and _subdirs(root / "train"):
         classes, samples = _from_split_dirs(root, split)
     else:
@@ -62,6 +63,20 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
     _check_headers(paths)
     return LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+
+
+SPLIT_LIKE = {"train", "training", "val", "valid", "validation", "dev", "eval", "test", "testing"}
+
+
+def _check_split_names(root: Path) -> None:
+    """Folders of class folders named like splits but not exactly train/ val/ test/ would be read
+    as classes (Train/) or ignored (validation/ beside train/): either silently changes what is
+    trained or scored. (A class that happens to be called "Train" holds images, not folders.)"""
+    odd = [d for d in _subdirs(root)
+           if d.lower() in SPLIT_LIKE and d not in ("train", "val", "test") and _subdirs(root / d)]
+    if odd:
+        raise VitkitError(f"{root}: {', '.join(d + '/' for d in odd)} look(s) like a split; vitkit reads the splits "
+                          "train/, val/ and test/ (lowercase): rename them")
 
 
 def has_separate_test(spec: str) -> bool:
