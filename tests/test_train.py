@@ -201,10 +201,15 @@ def test_a_folder_of_one_class_is_refused(tmp_path):
         train(digits_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'ds'}"))
 
 
+def test_a_warmup_as_long_as_the_run_warns(tmp_path):
+    with pytest.warns(UserWarning, match="warmup_epochs 3.0 > epochs 2: the learning rate never reaches its peak"):
+        digits_config(tmp_path, epochs=2, warmup_epochs=3.0)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"drop_path_rate": 2}, r"drop_path_rate must be in \[0, 1\)"), ({"img_size": 0}, "img_size must be positive"),
     ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"), ({"workers": -1}, "workers must be >= 0"),
-    ({"clip_grad": -1}, "clip_grad must be >= 0"),
+    ({"clip_grad": -1}, "clip_grad must be >= 0"), ({"epochs": 0}, "epochs must be positive, got 0"),
 ])
 def test_recipe_values_out_of_range_are_refused(tmp_path, bad, message):
     with pytest.raises(VitkitError, match=message):

@@ -6,6 +6,7 @@ The full, resolved configuration is stored in every checkpoint so a run can be r
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,9 @@ class TrainConfig:
         for name in ("warmup_epochs", "weight_decay", "min_lr"):
             if getattr(self, name) < 0:
                 raise VitkitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs > self.epochs:  # fine for a quick check of a recipe, a mistake otherwise
+            warnings.warn(f"warmup_epochs {self.warmup_epochs} > epochs {self.epochs}: the learning rate never "
+                          f"reaches its peak of {self.lr}", stacklevel=2)
         if self.workers is not None and self.workers < 0:
             raise VitkitError(f"workers must be >= 0, got {self.workers}")
         if self.clip_grad is not None and self.clip_grad < 0:
