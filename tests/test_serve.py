@@ -131,3 +131,18 @@ def test_a_port_out_of_range_is_refused_before_loading_anything(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--checkpoint", "/no/such/run", "--port", "70000"])
     assert e.value.code == 2 and "a port is 0 to 65535" in capsys.readouterr().err
+
+
+def test_an_ipv6_host_gets_an_ipv6_socket(served, monkeypatch):
+    """Checked without binding, so the test does not depend on the machine's IPv6 set-up."""
+    import socket
+    from vitkit.serve import server as serve_module
+    url, classifier, config, folder = served
+    monkeypatch.setattr(serve_module._IPv6Server, "server_bind", lambda self: None)
+    monkeypatch.setattr(serve_module._IPv6Server, "server_activate", lambda self: None)
+    server = make_server(Predictor(classifier, config, str(folder), "torch"), host="::1", port=0)
+    assert server.socket.family == socket.AF_INET6
+    server.server_close()
+    ipv4 = make_server(Predictor(classifier, config, str(folder), "torch"), host="127.0.0.1", port=0)
+    assert ipv4.socket.family == socket.AF_INET
+    ipv4.server_close()

@@ -241,14 +241,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     onnx = _onnx_file(args)
     classifier, cfg, model = load_classifier(args.checkpoint, args.precision, onnx)
-    runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, precision {args.precision}"
+    runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, {getattr(classifier, 'precision', args.precision)}"
     predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk, model)
     try:
         server = make_server(predictor, args.host, args.port)
     except OSError as e:  # port taken, address not local, ...
         raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     predictor.warm_up()
-    print(f"serving {args.checkpoint} at http://{args.host}:{server.server_port}/  (POST /predict with an image "
+    host = {"0.0.0.0": "<this machine>", "::": "<this machine>"}.get(args.host, args.host)
+    host = f"[{host}]" if ":" in host else host
+    print(f"serving {args.checkpoint} at http://{host}:{server.server_port}/  (POST /predict with an image "
           "as the body; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

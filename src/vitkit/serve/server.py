@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 import traceback
@@ -92,9 +93,15 @@ def _has_attention(model: nn.Module) -> bool:
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
                 max_body: int = MAX_BODY_BYTES) -> ThreadingHTTPServer:
-    """A server ready for ``serve_forever()``; port 0 picks a free one (``server.server_port``)."""
+    """A server ready for ``serve_forever()``; port 0 picks a free one (``server.server_port``).
+    An IPv6 ``host`` (``::1``, ``::``) gets an IPv6 socket."""
     handler = type("Handler", (_Handler,), {"predictor": predictor, "max_body": max_body})
-    return ThreadingHTTPServer((host, port), handler)
+    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+    return server_class((host, port), handler)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
