@@ -83,7 +83,8 @@ def top_classes(classifier: Classifier, images: torch.Tensor, config: dict[str, 
     with torch.inference_mode():
         probs = classifier(normalize(images, config["mean"], config["std"])).float().softmax(-1)
     values, indices = probs.topk(min(topk, len(classes)), dim=1)
-    return [[(classes[j], round(v, 6)) for v, j in zip(vs, js)] for vs, js in zip(values.tolist(), indices.tolist())]
+    return [[(classes[j], round(v, 6)) for v, j in zip(row_values, row_indices)]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist())]
 
 
 def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, Any], topk: int = 5,
