@@ -52,7 +52,9 @@ def test_eval_json(run_dir, capsys, tmp_path):
     assert set(out) >= {"top1", "top5", "per_class", "confusion"}
     assert 0 <= out["top1"] <= out["top5"] <= 1
     assert sum(map(sum, out["confusion"])) == out["num_samples"] == 360
-    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    assert (tmp_path / "confusion.png").stat().st_size > 1000 and out["flip_tta"] is False
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path), "--flip-tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["flip_tta"] is True
 
 
 def test_predict_folder_reports_bad_files_and_goes_on(run_dir, capsys, tmp_path):

@@ -253,3 +253,17 @@ def test_run_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "eval.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    from vitkit.data import normalize
+    from vitkit.train import predict_logits
+    model = vitkit.create_model("vit_mini_patch4_28", **DIGITS_MODEL, num_classes=10).eval()
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got, targets = predict_logits(model, [(images, torch.arange(6))], (0.5,), (0.25,), flip_tta=True)
+    x = normalize(images, (0.5,), (0.25,))
+    with torch.no_grad():
+        want = (model(x) + model(torch.flip(x, dims=[3]))) / 2
+    torch.testing.assert_close(got, want)
+    plain, _ = predict_logits(model, [(images, torch.arange(6))], (0.5,), (0.25,))
+    assert not torch.allclose(plain, got) and torch.equal(targets, torch.arange(6))

@@ -151,8 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
                           f"{cfg['classes'][:5]}...")
     metrics = evaluate_dataset(model, ds, cfg["mean"], cfg["std"], args.batch_size,
-                               resolve_precision(args.precision))
-    metrics.update(dataset=spec, split=args.split, checkpoint=str(args.checkpoint))
+                               resolve_precision(args.precision), flip_tta=args.flip_tta)
+    metrics.update(dataset=spec, split=args.split, checkpoint=str(args.checkpoint), flip_tta=args.flip_tta)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics)
@@ -177,6 +177,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval)")
+    p.add_argument("--flip-tta", action="store_true", help="average each image's logits with its mirror image's "
+                   "(test-time augmentation; twice the work; only for classes that mirroring does not change)")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions, ...)")
     p.set_defaults(func=cmd_eval)
 

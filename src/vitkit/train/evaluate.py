@@ -14,14 +14,18 @@ from .precision import autocast
 @torch.inference_mode()
 def predict_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    mean: tuple[float, ...], std: tuple[float, ...], precision: str = "fp32",
-                   progress: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (fp32) and targets for every batch of uint8 images."""
+                   progress: Any = None, flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (fp32) and targets for every batch of uint8 images; with ``flip_tta`` the mean of
+    the logits of each image and its mirror image (test-time augmentation: twice the work)."""
     model.eval()
     logits, targets = [], []
     for images, labels in batches:
+        x = normalize(images, mean, std)
         with autocast(precision):
-            out = model(normalize(images, mean, std))
-        logits.append(out.float())
+            out = model(x).float()
+            if flip_tta:
+                out = (out + model(x.flip(-1)).float()) / 2
+        logits.append(out)
         targets.append(labels)
         if progress is not None:
             progress.update(len(labels))
@@ -49,8 +53,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
 
 def evaluate_dataset(model: nn.Module, dataset: Any, mean: tuple[float, ...], std: tuple[float, ...],
                      batch_size: int = 256, precision: str = "fp32", workers: int | None = None,
-                     progress: Any = None) -> dict[str, Any]:
+                     progress: Any = None, flip_tta: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` on a whole dataset whose classes match the model's outputs."""
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers)
-    logits, targets = predict_logits(model, loader, mean, std, precision, progress)
+    logits, targets = predict_logits(model, loader, mean, std, precision, progress, flip_tta)
     return classification_metrics(logits, targets, list(dataset.classes))
