@@ -1,6 +1,7 @@
 """What the finished Fashion-MNIST runs know together: test top-1 of every run, of the mean of the
 predicted probabilities of every pair and triple of runs, and of each run with flip test-time
-augmentation. If no mix reaches a target, no student distilled from these runs will either.
+augmentation (`vitkit eval --flip-tta`: the mean of the logits of each image and its mirror). If no
+mix reaches a target, a student distilled from these runs is unlikely to.
 
     python benchmarks/ensemble_ceiling.py [RUN ...]   # default: every runs/fmnist-* with an eval.json
                                                       # -> benchmarks/results/ensemble_ceiling.json
@@ -14,22 +15,21 @@ from pathlib import Path
 
 import torch
 
-from vitkit.data import normalize
 from vitkit.data.fashion_mnist import load_fashion_mnist
-from vitkit.train import load_checkpoint
-from vitkit.train.precision import autocast, resolve_precision
+from vitkit.train import load_checkpoint, predict_logits
+from vitkit.train.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "ensemble_ceiling.json"
 
 
-@torch.inference_mode()
-def probabilities(run: Path, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+def probabilities(run: Path, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """The run's predicted probabilities, as `vitkit eval` computes its logits (``--flip-tta`` too)."""
     model, meta = load_checkpoint(run)
-    x = images.flip(-1) if flip else images
-    with autocast(resolve_precision("auto")):
-        return torch.cat([model(normalize(x[i:i + 1000], meta["mean"], meta["std"])).float().softmax(-1)
-                          for i in range(0, len(x), 1000)])
+    batches = [(chunk, torch.zeros(len(chunk), dtype=torch.long)) for chunk in images.split(1000)]
+    logits, _ = predict_logits(model, batches, meta["mean"], meta["std"], resolve_precision("auto"),
+                               flip_tta=flip_tta)
+    return logits.softmax(-1)
 
 
 def main(names: list[str]) -> None:
@@ -38,7 +38,7 @@ def main(names: list[str]) -> None:
     images, labels = load_fashion_mnist("test")
     top1 = lambda p: round((p.argmax(-1) == labels).double().mean().item(), 4)  # noqa: E731
     probs = {r.name: probabilities(r, images) for r in runs}
-    single = {n: {"top1": top1(p), "flip_tta_top1": top1(p + probabilities(ROOT / "runs" / n, images, flip=True))}
+    single = {n: {"top1": top1(p), "flip_tta_top1": top1(probabilities(ROOT / "runs" / n, images, True))}
               for n, p in probs.items()}
     mixes = {" + ".join(c): top1(sum(probs[n] for n in c))
              for k in (2, 3) for c in itertools.combinations(sorted(probs), k)}

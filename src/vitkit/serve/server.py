@@ -35,8 +35,8 @@ from ..data import normalize, resized_from_bytes
 from ..errors import VitkitError
 from ..explain import attention_rollout
 from ..explain.figures import rollout_strip
+from ..explain.tokens import attention_modules
 from ..inference.predict import Classifier, top_classes
-from ..models.layers import Attention
 from .page import PAGE
 
 MAX_BODY_BYTES = 32 * 2**20
@@ -65,21 +65,24 @@ class Predictor:
         with self.lock:
             top_classes(self.classifier, torch.zeros(1, chans, size, size, dtype=torch.uint8), self.config)
 
+    def _decode(self, data: bytes, name: str) -> torch.Tensor:
+        """The upload as the model's uint8 input [C, S, S]; call it under the lock (it can take GBs)."""
+        return resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+
     def predict(self, data: bytes, name: str, topk: int | None = None) -> dict[str, Any]:
         with self.lock:  # decoding too: a small file can decode to GBs, so one image at a time
-            image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+            image = self._decode(data, name)
             start = time.perf_counter()
             top = top_classes(self.classifier, image[None], self.config, topk or self.topk)[0]
             ms = 1e3 * (time.perf_counter() - start)
         return {"name": name, "topk": [{"class": c, "prob": p} for c, p in top], "ms": round(ms, 2)}
-
 
     def explain(self, data: bytes, name: str) -> bytes:
         """A PNG of the image and its attention-rollout overlay: which patches the prediction used."""
         if self.model is None:
             raise VitkitError("this checkpoint has no attention layers to explain (a CNN?)")
         with self.lock, torch.no_grad():
-            image = resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+            image = self._decode(data, name)
             heat = attention_rollout(self.model, normalize(image[None], self.config["mean"], self.config["std"]))[0]
         strip = rollout_strip(heat, image.permute(1, 2, 0).numpy())
         buffer = io.BytesIO()
@@ -88,7 +91,10 @@ class Predictor:
 
 
 def _has_attention(model: nn.Module) -> bool:
-    return any(isinstance(m, Attention) for m in model.modules())
+    try:
+        return bool(attention_modules(model))
+    except VitkitError:  # a CNN: nothing to explain
+        return False
 
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
