@@ -1,4 +1,5 @@
 """`vitkit serve`: the HTTP API answers like `vitkit predict`, and bad uploads get a clear 4xx."""
+import base64
 import io
 import json
 import subprocess
@@ -86,6 +87,10 @@ def test_explain_returns_the_image_beside_its_rollout_overlay(served):
     assert not np.array_equal(strip[:, :224], strip[:, 224:])
     code, body = call(f"{url}/explain?name=bad.png", b"not an image")
     assert code == 400 and "bad.png: unreadable image data" in json.loads(body)["error"]
+    both = json.loads(call(f"{url}/predict?name=ramp.png&explain=1", png(picture))[1])  # one upload, as the page does
+    explanation = base64.b64encode(call(f"{url}/explain", png(picture))[1]).decode()
+    assert both["explanation"] == "data:image/png;base64," + explanation
+    assert len(both["topk"]) == 2 and "explanation" not in json.loads(call(f"{url}/predict", png(picture))[1])
 
 
 def test_a_cnn_is_served_without_explain():
@@ -96,18 +101,20 @@ def test_a_cnn_is_served_without_explain():
     assert predictor.about["explain"] is False
     with pytest.raises(VitkitError, match="no attention layers"):
         predictor.explain(png(Image.new("L", (28, 28))), "x.png")
+    with pytest.raises(VitkitError, match="no attention layers"):
+        predictor.predict(png(Image.new("L", (28, 28))), "x.png", explain=True)
 
 
 def test_page_health_and_info(served):
     url = served[0]
     status, page = call(url + "/")
-    assert status == 200 and b'type="file"' in page and b"predict?name=" in page
+    assert status == 200 and b'type="file"' in page and b"predict?" in page and b"explain=1" in page
     assert json.loads(call(url + "/health")[1]) == {"status": "ok"}
     with urllib.request.urlopen(urllib.request.Request(url + "/health", method="HEAD"), timeout=30) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/json" and r.read() == b""
     info = json.loads(call(url + "/info")[1])
     assert info["classes"] == ["ant", "bee", "cat"] and (info["img_size"], info["in_chans"]) == (16, 1)
-    assert info["explain"] is True
+    assert info["explain"] is True and info["checkpoint"] == "ckpt"  # the run's name, not where it lives
 
 
 def test_the_serve_command_listens_and_stops(served):

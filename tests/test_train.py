@@ -231,6 +231,8 @@ def test_a_model_the_recipe_cannot_build_is_one_clear_error(tmp_path, bad, messa
     (lambda c: {**c, "std": [0.0]}, "std > 0"),
     (lambda c: {**c, "mean": [0.5, 0.5, 0.5]}, "one value per input channel"),
     (lambda c: {**c, "img_size": 32}, "config says 1 channels at 32 px"),
+    (lambda c: {**c, "img_size": "16"}, "whole numbers, got 1 and '16'"),
+    (lambda c: {**c, "std": ["0.5"]}, "one value per input channel"),
     (lambda c: {**c, "model": "vit_nonexistent"}, "unknown model 'vit_nonexistent'"),
     (lambda c: {**c, "classes": ["a", "a"]}, "classes must be a list of distinct names"),
 ])

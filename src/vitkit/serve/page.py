@@ -37,7 +37,9 @@ async function classify(file) {
   img.src = URL.createObjectURL(file); bars.append(el("div", "name", file.name));
   card.append(img, bars); document.getElementById("results").prepend(card);
   try {
-    const r = await fetch(`predict?name=${encodeURIComponent(file.name)}&topk=5`, {method: "POST", body: file});
+    await ready;
+    const query = `name=${encodeURIComponent(file.name)}&topk=5${about.explain ? "&explain=1" : ""}`;
+    const r = await fetch(`predict?${query}`, {method: "POST", body: file});
     const out = await r.json().catch(() => ({error: `HTTP ${r.status} ${r.statusText}`}));
     if (!r.ok) { bars.append(el("div", "error", out.error)); return; }
     for (const t of out.topk) {
@@ -47,11 +49,7 @@ async function classify(file) {
       bars.append(row);
     }
     bars.append(el("small", "", `${out.ms} ms`));
-    await ready;
-    if (about.explain) {
-      const e = await fetch(`explain?name=${encodeURIComponent(file.name)}`, {method: "POST", body: file});
-      if (e.ok) { const map = el("img", "overlay"); map.src = URL.createObjectURL(await e.blob()); card.append(map); }
-    }
+    if (out.explanation) { const map = el("img", "overlay"); map.src = out.explanation; card.append(map); }
   } catch (e) { bars.append(el("div", "error", String(e))); }
 }
 const drop = document.getElementById("drop"), input = document.getElementById("files");

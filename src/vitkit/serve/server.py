@@ -5,7 +5,8 @@
     GET  /info      the checkpoint: classes, input size, runtime
     POST /predict   the request body is one image file, any format and mode Pillow reads
                     (``curl --data-binary @cat.jpg``); ``?topk=K&name=cat.jpg`` optional
-                    -> {"name", "topk": [{"class", "prob"}, ...], "ms"}
+                    -> {"name", "topk": [{"class", "prob"}, ...], "ms"}; ``&explain=1`` adds
+                    "explanation": the /explain PNG as a data: URL (one upload for both)
                     a bad image -> 400 {"error": "cat.jpg: truncated or corrupt image ..."}
     POST /explain   the same body -> a PNG: the image and its attention-rollout overlay
 
@@ -15,6 +16,7 @@ slower and the peak memory larger.
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -23,6 +25,7 @@ import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -54,7 +57,7 @@ class Predictor:
                  topk: int = 5, model: nn.Module | None = None):
         self.classifier, self.config, self.topk = classifier, config, topk
         self.model = model if model is not None and _has_attention(model) else None
-        self.about = {"checkpoint": checkpoint, "runtime": runtime, "classes": list(config["classes"]),
+        self.about = {"checkpoint": Path(checkpoint).name or checkpoint, "runtime": runtime, "classes": list(config["classes"]),
                       "img_size": config["img_size"], "in_chans": config["in_chans"],
                       "explain": self.model is not None}
         self.lock = threading.Lock()
@@ -69,20 +72,32 @@ class Predictor:
         """The upload as the model's uint8 input [C, S, S]; call it under the lock (it can take GBs)."""
         return resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
 
-    def predict(self, data: bytes, name: str, topk: int | None = None) -> dict[str, Any]:
+    def predict(self, data: bytes, name: str, topk: int | None = None, explain: bool = False) -> dict[str, Any]:
+        """Top classes; with ``explain`` also the /explain PNG as a data URL, from the same decoded image."""
+        self._check_explainable(explain)
         with self.lock:  # decoding too: a small file can decode to GBs, so one image at a time
             image = self._decode(data, name)
             start = time.perf_counter()
             top = top_classes(self.classifier, image[None], self.config, topk or self.topk)[0]
             ms = 1e3 * (time.perf_counter() - start)
-        return {"name": name, "topk": [{"class": c, "prob": p} for c, p in top], "ms": round(ms, 2)}
+            png = self._rollout_png(image) if explain else None
+        out = {"name": name, "topk": [{"class": c, "prob": p} for c, p in top], "ms": round(ms, 2)}
+        if png is not None:
+            out["explanation"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        return out
 
     def explain(self, data: bytes, name: str) -> bytes:
         """A PNG of the image and its attention-rollout overlay: which patches the prediction used."""
-        if self.model is None:
+        self._check_explainable(True)
+        with self.lock:
+            return self._rollout_png(self._decode(data, name))
+
+    def _check_explainable(self, explain: bool) -> None:
+        if explain and self.model is None:
             raise VitkitError("this checkpoint has no attention layers to explain (a CNN?)")
-        with self.lock, torch.no_grad():
-            image = self._decode(data, name)
+
+    def _rollout_png(self, image: torch.Tensor) -> bytes:
+        with torch.no_grad():
             heat = attention_rollout(self.model, normalize(image[None], self.config["mean"], self.config["std"]))[0]
         strip = rollout_strip(heat, image.permute(1, 2, 0).numpy())
         buffer = io.BytesIO()
@@ -151,7 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path == "/explain":
                 self._send(HTTPStatus.OK, self.predictor.explain(data, name), "image/png")
             else:
-                self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk)))
+                explain = query.get("explain", ["0"])[0].lower() in ("1", "true", "yes")
+                self._json(HTTPStatus.OK, self.predictor.predict(data, name, int(topk), explain))
         except VitkitError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
         except Exception as e:  # noqa: BLE001 - a bug must not drop the connection without an answer

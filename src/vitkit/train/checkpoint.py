@@ -87,13 +87,26 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
         raise VitkitError(f"{path}: config's classes must be a list of distinct names, got {str(classes)[:80]}")
     if len(meta["classes"]) != num_classes:
         raise VitkitError(f"{path}: config lists {len(meta['classes'])} classes but the head has {num_classes} outputs")
+    if not all(_is_int(meta[k]) for k in ("in_chans", "img_size")):
+        raise VitkitError(f"{path}: config's in_chans and img_size must be whole numbers, "
+                          f"got {meta['in_chans']!r} and {meta['img_size']!r}")
     if (meta["in_chans"], meta["img_size"]) != (chans, img_size):
         raise VitkitError(f"{path}: config says {meta['in_chans']} channels at {meta['img_size']} px but the "
                           f"weights are a model for {chans} at {img_size}")
-    if len(meta["mean"]) != chans or len(meta["std"]) != chans or min(meta["std"]) <= 0:
+    stats = [meta["mean"], meta["std"]]
+    if not all(isinstance(v, list) and len(v) == chans and all(_is_number(x) for x in v) for v in stats) \
+            or min(meta["std"]) <= 0:
         raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
                           f"got mean {meta['mean']}, std {meta['std']}")
     return model.eval(), meta
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def save_train_state(directory: str | Path, state: dict[str, Any]) -> None:
