@@ -160,6 +160,8 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     cfg = digits_config(tmp_path / "run", epochs=1)
     train(cfg)
     (tmp_path / "run" / "model.onnx").write_bytes(b"an export of the old model")
+    (tmp_path / "run" / "explain").mkdir()
+    (tmp_path / "run" / "explain" / "report.html").write_text("the old model's attention")
     (tmp_path / "run" / "notes.txt").write_text("the user's own file")
     with pytest.raises(VitkitError, match=r"run: holds a finished run; --overwrite replaces it"):
         train(cfg)
@@ -168,6 +170,7 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
             train(digits_config(tmp_path / "run", epochs=1, **reads), overwrite=True)
     train(cfg, overwrite=True)
     assert not (tmp_path / "run" / "model.onnx").exists(), "a stale export would run the old model"
+    assert not (tmp_path / "run" / "explain").exists(), "the old model's figures would pass for the new one's"
     assert (tmp_path / "run" / "notes.txt").is_file() and (tmp_path / "run" / "eval.json").is_file()
     (tmp_path / "run" / "eval.json").unlink()  # as if killed before the end
     with pytest.raises(VitkitError, match=r"unfinished run; `vitkit train --resume .*run` continues it"):
@@ -252,9 +255,12 @@ def test_run_files_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "eval.json", {"top1": 1.0})
+        save_checkpoint(tmp_path, vitkit.create_model("vit_mini_patch4_28", **DIGITS_MODEL, in_chans=1, num_classes=2),
+                        dict(classes=["a", "b"], mean=[0.5], std=[0.5], img_size=16, in_chans=1))
     finally:
         os.umask(old)
-    assert (tmp_path / "eval.json").stat().st_mode & 0o777 == 0o644
+    for name in ("eval.json", "model.safetensors", CONFIG_NAME):  # safetensors itself writes 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():

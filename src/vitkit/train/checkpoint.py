@@ -22,7 +22,8 @@ from .finetune import input_geometry
 
 STATE_NAME = "train_state.pt"
 RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metrics.jsonl", "curves.png",
-             "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval")
+             "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval",
+             "explain")
 """What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
 
 
