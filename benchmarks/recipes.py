@@ -10,6 +10,7 @@ draws top-1 against cumulative training minutes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -122,6 +123,15 @@ def _plot(rows: dict) -> None:
     fig.savefig(FIGURE, dpi=120)
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="train recipes/NAME.yaml into runs/NAME, one after another").add_argument(
+        "names", nargs="+", metavar="NAME")
+    sub.add_parser("report", help="rewrite results/recipes.json and the figure from the finished runs")
+    args = ap.parse_args(argv)
+    run(args.names) if args.command == "run" else report()
+
+
 if __name__ == "__main__":
-    command, *args = sys.argv[1:] or ["report"]
-    run(args) if command == "run" else report()
+    main()

@@ -275,3 +275,15 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     torch.testing.assert_close(got, want)
     plain, _ = predict_logits(model, [(images, torch.arange(6))], (0.5,), (0.25,))
     assert not torch.allclose(plain, got) and torch.equal(targets, torch.arange(6))
+
+
+def test_a_missing_teacher_is_named_with_the_recipe_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = digits_config(tmp_path / "run", epochs=1, distill_from="runs/cnn")
+    with pytest.raises(VitkitError, match=r"distill_from: runs/cnn: no such file or folder; train or fetch it"):
+        train(cfg)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cnn.yaml").write_text("model: resnet_mini_28\n")
+    with pytest.raises(VitkitError, match=r"`vitkit train --config recipes/cnn.yaml --output runs/cnn` makes it"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

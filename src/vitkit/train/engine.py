@@ -343,6 +343,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Train (or resume) a run described by ``cfg``; returns the final report on rank 0.
 
     A new run refuses an output folder that holds one already unless ``overwrite``."""
+    _check_inputs_exist(cfg)
     if not resume:
         claim_output(cfg.output, overwrite, inputs=[cfg.init_from, cfg.distill_from, cfg.backbone_from])
     return Trainer(cfg, resume=resume).fit()
+
+
+def _check_inputs_exist(cfg: TrainConfig) -> None:
+    """A missing teacher or backbone run is named with the recipe that makes it, where there is one."""
+    for key in ("init_from", "distill_from", "backbone_from"):
+        source = getattr(cfg, key)
+        if source and not Path(source).expanduser().exists():
+            recipe = Path("recipes") / f"{Path(source).name}.yaml"
+            hint = (f"; `vitkit train --config {recipe} --output {source}` makes it" if recipe.is_file()
+                    else "; train or fetch it first")
+            raise VitkitError(f"{key}: {source}: no such file or folder{hint}")
