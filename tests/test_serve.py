@@ -153,3 +153,26 @@ def test_an_ipv6_host_gets_an_ipv6_socket(served, monkeypatch):
     ipv4 = make_server(Predictor(classifier, config, str(folder), "torch"), host="127.0.0.1", port=0)
     assert ipv4.socket.family == socket.AF_INET
     ipv4.server_close()
+
+
+def test_connections_past_the_cap_get_503_at_once(served):
+    """Stalled clients hold one thread each; past the cap the server answers 503 instead of spawning more."""
+    import socket
+    _, classifier, config, folder = served
+    server = make_server(Predictor(classifier, config, str(folder), "torch fp32"), port=0, max_connections=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        stalled = socket.create_connection(("127.0.0.1", server.server_port))  # sends nothing
+        code, body = call(url + "/health")
+        assert code == 503 and "too many connections" in json.loads(body)["error"]
+        stalled.close()
+        for _ in range(50):  # the stalled connection's thread notices the close and frees its slot
+            code, _ = call(url + "/health")
+            if code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert code == 200
+    finally:
+        server.shutdown()
+        server.server_close()

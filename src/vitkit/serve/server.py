@@ -7,12 +7,12 @@
                     (``curl --data-binary @cat.jpg``); ``?topk=K&name=cat.jpg`` optional
                     -> {"name", "topk": [{"class", "prob"}, ...], "ms"}; ``&explain=1`` adds
                     "explanation": the /explain PNG as a data: URL (one upload for both)
-                    a bad image -> 400 {"error": "cat.jpg: truncated or corrupt image ..."}
+                    a bad image -> 400 {"error": "cat.jpg: unreadable image data ..."}
     POST /explain   the same body -> a PNG: the image and its attention-rollout overlay
 
-Requests are answered one at a time, decoding included: on a CPU one image already keeps every
-core busy, and a small file can decode to gigabytes, so running two at once would only make both
-slower and the peak memory larger.
+At most ``MAX_CONNECTIONS`` connections are served at once (more get 503). Requests are answered
+one at a time, decoding included: on a CPU one image already keeps every core busy, and a small file
+can decode to gigabytes, so running two at once would only make both slower and the peak memory larger.
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ from .page import PAGE
 
 MAX_BODY_BYTES = 32 * 2**20
 """Bigger uploads are refused (413) before they are read."""
+MAX_CONNECTIONS = 32
+"""Open connections served at once; more get 503 (see ``_Server``)."""
 
 
 class Predictor:
@@ -113,15 +115,48 @@ def _has_attention(model: nn.Module) -> bool:
 
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
-                max_body: int = MAX_BODY_BYTES) -> ThreadingHTTPServer:
+                max_body: int = MAX_BODY_BYTES, max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
     """A server ready for ``serve_forever()``; port 0 picks a free one (``server.server_port``).
     An IPv6 ``host`` (``::1``, ``::``) gets an IPv6 socket."""
     handler = type("Handler", (_Handler,), {"predictor": predictor, "max_body": max_body})
-    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-    return server_class((host, port), handler)
+    server_class = _IPv6Server if ":" in host else _Server
+    return server_class((host, port), handler, max_connections)
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, up to ``max_connections``; past that a 503 at once, so clients that
+    open connections and stall (each may hold its thread for ``_Handler.timeout``) cannot pile up threads."""
+
+    def __init__(self, address: tuple, handler: type, max_connections: int = MAX_CONNECTIONS):
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            body = json.dumps({"error": "too many connections; try again shortly"}).encode()
+            try:
+                request.setblocking(False)
+                request.recv(65536)  # what has arrived: closing on unread data would reset the connection
+            except OSError:
+                pass
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
