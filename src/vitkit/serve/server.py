@@ -59,7 +59,8 @@ class Predictor:
                  topk: int = 5, model: nn.Module | None = None):
         self.classifier, self.config, self.topk = classifier, config, topk
         self.model = model if model is not None and _has_attention(model) else None
-        self.about = {"checkpoint": Path(checkpoint).name or checkpoint, "runtime": runtime, "classes": list(config["classes"]),
+        self.about = {"checkpoint": Path(checkpoint).name or checkpoint,  # the run's name, not where it lives
+                      "runtime": runtime, "classes": list(config["classes"]),
                       "img_size": config["img_size"], "in_chans": config["in_chans"],
                       "explain": self.model is not None}
         self.lock = threading.Lock()

@@ -23,7 +23,7 @@ from .finetune import input_geometry
 STATE_NAME = "train_state.pt"
 RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metrics.jsonl", "curves.png",
              "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval",
-             "explain")
+             "explain")  # explain/: the figures `make demo` draws of the model
 """What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
 
 

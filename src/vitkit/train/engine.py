@@ -353,7 +353,7 @@ def _check_inputs_exist(cfg: TrainConfig) -> None:
     """A missing teacher or backbone run is named with the recipe that makes it, where there is one."""
     for key in ("init_from", "distill_from", "backbone_from"):
         source = getattr(cfg, key)
-        if source and not Path(source).expanduser().exists():
+        if source and not Path(source).exists():
             recipe = Path("recipes") / f"{Path(source).name}.yaml"
             hint = (f"; `vitkit train --config {recipe} --output {source}` makes it" if recipe.is_file()
                     else "; train or fetch it first")
