@@ -28,7 +28,7 @@ RESULT = ROOT / "benchmarks" / "results" / "recipes.json"
 FIGURE = ROOT / "docs" / "figures" / "recipes.png"
 TARGETS = {"fmnist-vit": 0.94, "fmnist-vit-plain": 0.94, "fmnist-distilled": 0.95,  # issue 3, <= 60 min each
            "fmnist-hybrid": 0.95, "fmnist-hybrid-stem": 0.95, "fmnist-hybrid-from-cnn": 0.95,
-           "fmnist-hybrid-distilled": 0.95}
+           "fmnist-hybrid-distilled": 0.95, "fmnist-hybrid-distilled-long": 0.95}
 LIMIT_SECONDS = 3600
 VITKIT = [sys.executable, "-m", "vitkit"]
 
@@ -62,7 +62,10 @@ def _row(name: str, run_dir: Path) -> dict:
         "best_epoch_top1": max(h["eval_top1"] for h in history),
         "teacher": recipe.get("distill_from"), "backbone_from": base, "train_seconds_with_backbone_run": seconds,
         "target_top1": target,
-        "met": None if target is None else report["top1"] >= target and seconds <= LIMIT_SECONDS,
+        # The issue's "each run <= 60 minutes": this run's own time; a hybrid's CNN is a run of its own
+        # (as a distilled student's teacher is). Both sums are recorded and shown.
+        "met": None if target is None else report["top1"] >= target and report["train_seconds"] <= LIMIT_SECONDS,
+        "met_counting_backbone_run": None if target is None else report["top1"] >= target and seconds <= LIMIT_SECONDS,
         "curve": [{"epoch": h["epoch"], "train_seconds": h["train_seconds"], "eval_top1": h["eval_top1"],
                    **({"raw_top1": h["raw_top1"]} if "raw_top1" in h else {})} for h in history],
     }
@@ -78,14 +81,21 @@ def report() -> dict:
     print("| recipe | model | params | epochs | test top-1 | training time | threads | CPU | target |")
     print("|---|---|---:|---:|---:|---:|---:|---|---|")
     for name, r in sorted(rows.items(), key=lambda kv: kv[1]["top1"]):
-        target = "" if r["target_top1"] is None else \
-            f"≥ {100 * r['target_top1']:.0f}%: {'met' if r['met'] else 'not met'}"
+        target = "" if r["target_top1"] is None else f"≥ {100 * r['target_top1']:.0f}%: {_verdict(r)}"
         lost = " †" if "source" in r else ""  # final figures only: the run folder is gone
         print(f"| `{r['recipe']}`{lost} | `{r['model']}` | {r['params'] / 1e6:.2f}M | {r['epochs']} | "
               f"{100 * r['top1']:.2f}% | {_minutes(r)} | {r['threads']} | "
               f"{_short_cpu(r.get('cpu'))} | {target} |")
     _plot(rows)
     return result
+
+
+def _verdict(r: dict) -> str:
+    if not r["met"]:
+        return "not met"
+    if r.get("met_counting_backbone_run", r["met"]):
+        return "met"
+    return f"met by each run; not by the two together ({r['train_seconds_with_backbone_run'] / 60:.0f} min)"
 
 
 def _minutes(r: dict) -> str:
