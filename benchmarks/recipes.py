@@ -54,6 +54,7 @@ def _row(name: str, run_dir: Path) -> dict:
     base = recipe.get("backbone_from")
     base_seconds = json.loads((ROOT / base / "eval.json").read_text())["train_seconds"] if base else 0.0
     seconds = report["train_seconds"] + base_seconds
+    accurate = None if target is None else report["top1"] >= target  # None: no target for this recipe
     return {
         "recipe": f"recipes/{name}.yaml", "model": report["model"], "params": report["params"],
         "epochs": report["epochs"], "top1": report["top1"], "top5": report["top5"],
@@ -64,8 +65,8 @@ def _row(name: str, run_dir: Path) -> dict:
         "target_top1": target,
         # The "each run <= 60 minutes": this run's own time; a hybrid's CNN is a run of its own
         # (as a distilled student's teacher is). Both sums are recorded and shown.
-        "met": None if target is None else report["top1"] >= target and report["train_seconds"] <= LIMIT_SECONDS,
-        "met_counting_backbone_run": None if target is None else report["top1"] >= target and seconds <= LIMIT_SECONDS,
+        "met": accurate and report["train_seconds"] <= LIMIT_SECONDS,
+        "met_counting_backbone_run": accurate and seconds <= LIMIT_SECONDS,
         "curve": [{"epoch": h["epoch"], "train_seconds": h["train_seconds"], "eval_top1": h["eval_top1"],
                    **({"raw_top1": h["raw_top1"]} if "raw_top1" in h else {})} for h in history],
     }
