@@ -235,12 +235,12 @@ def test_train_distilled_student_from_a_teacher_checkpoint(run_dir, tmp_path):
 
 
 def test_shipped_recipes_are_valid():
-    from vitkit.models import get_model_spec
+    from vitkit.models import create_model
     from vitkit.train import TrainConfig
     recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
     assert {"vit", "deit", "fmnist-vit", "fmnist-distilled", "fmnist-hybrid", "fmnist-cnn"} <= {p.stem for p in recipes}
     for path in recipes:
         cfg = TrainConfig.from_sources(path)
-        get_model_spec(cfg.model)  # raises for an unknown name
+        create_model(cfg.model, **cfg.model_kwargs)  # an unknown name or keyword raises (all are small models)
         if cfg.distill_from:  # DeiT's distillation token, or classic soft distillation on the one head
             assert "distilled" in cfg.model or cfg.distill == "soft", path

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit
-from vitkit.models import Attention, DropPath, VisionTransformer, model_param_count, resample_abs_pos_embed
+from vitkit.models import Attention, DropPath, PatchDropout, VisionTransformer, model_param_count, resample_abs_pos_embed
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10)
 
@@ -155,6 +155,35 @@ def test_drop_path_is_identity_in_eval_and_unbiased_in_train():
     y = dp.train()(x)
     kept = (y[:, 0] > 0).float().mean().item()
     assert abs(kept - 0.7) < 0.02 and torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.7)))
+
+
+def test_patch_dropout_keeps_prefix_and_a_random_subset_of_patches():
+    x = torch.randn(64, 1 + 49, 8)
+    pd = PatchDropout(0.5, num_prefix_tokens=1)
+    assert torch.equal(pd.eval()(x), x)
+    y = pd.train()(x)
+    assert y.shape == (64, 1 + 24, 8) and torch.equal(y[:, 0], x[:, 0])
+    # every kept token is one of the image's own patches, none twice, and images keep different ones
+    match = (y[:, 1:, None, :] == x[:, None, 1:, :]).all(-1)  # [B, kept, patches]
+    assert torch.all(match.sum(-1) == 1) and torch.all(match.sum(1) <= 1)
+    chosen = match.any(1)
+    assert not torch.equal(chosen[0], chosen[1]) and chosen.float().mean(0).min() > 0
+    with pytest.raises(ValueError, match="patch_drop_rate"):
+        PatchDropout(1.0)
+
+
+def test_patch_dropout_model_trains_on_fewer_tokens_and_evaluates_unchanged():
+    torch.manual_seed(0)
+    plain = vitkit.create_model("sl_vit_mini_patch4_28", class_token=False, global_pool="avg")
+    dropped = vitkit.create_model("sl_vit_mini_patch4_28", class_token=False, global_pool="avg",
+                                  patch_drop_rate=0.5)
+    dropped.load_state_dict(plain.state_dict())  # no parameters of its own: checkpoints stay interchangeable
+    x = torch.randn(2, 1, 28, 28)
+    assert dropped.train().embed(x).shape == (2, 24, 128)
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(x), plain.eval()(x))
+    deit = vitkit.create_model("deit_mini_distilled_patch4_28", patch_drop_rate=0.25).train()
+    assert deit.embed(x).shape == (2, 2 + 36, 128)  # [class] and distillation tokens always stay
 
 
 def test_stochastic_depth_rates_grow_linearly():

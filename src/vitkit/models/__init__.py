@@ -5,7 +5,7 @@ Each variant module registers its own names on import (as timm's model files do)
 from . import deit, hybrid, resnet, sl_vit  # noqa: F401  (registers their models)
 from .deit import DistilledVisionTransformer
 from .hybrid import HybridEmbed, hybrid_vit
-from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed
+from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
 from .pos_embed import resample_abs_pos_embed
 from .registry import (ModelSpec, count_params, create_model, get_model_spec, list_models, model_param_count,
                        register_model)
@@ -14,6 +14,6 @@ from .sl_vit import LocalitySelfAttention, ShiftedPatchEmbed, sl_vit
 from .vit import VisionTransformer
 
 __all__ = ["Attention", "Block", "DistilledVisionTransformer", "DropPath", "HybridEmbed", "LayerScale",
-           "LocalitySelfAttention", "Mlp", "PatchEmbed", "ResNet", "ShiftedPatchEmbed", "VisionTransformer",
+           "LocalitySelfAttention", "Mlp", "PatchDropout", "PatchEmbed", "ResNet", "ShiftedPatchEmbed", "VisionTransformer",
            "ModelSpec", "count_params", "create_model", "get_model_spec", "hybrid_vit", "list_models",
            "model_param_count", "register_model", "resample_abs_pos_embed", "sl_vit"]

@@ -157,6 +157,31 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class PatchDropout(nn.Module):
+    """Training sees a random ``1 - prob`` share of each image's patch tokens (Liu et al. 2022, timm's
+    ``patch_drop_rate``): attention and MLP cost fall with the tokens, so an hour buys more epochs, and
+    the missing patches act as augmentation. Prefix tokens ([class], distillation) always stay; at
+    evaluation every token is kept."""
+
+    def __init__(self, prob: float = 0.0, num_prefix_tokens: int = 1):
+        super().__init__()
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch_drop_rate must be in [0, 1), got {prob}")
+        self.prob = prob
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        b, n, d = patches.shape
+        keep = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :max(1, int(n * (1.0 - self.prob)))]
+        return torch.cat([prefix, patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"prob={self.prob}"
+
+
 class Block(nn.Module):
     """Pre-LayerNorm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 

@@ -11,7 +11,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from .layers import Attention, Block, PatchEmbed
+from .layers import Attention, Block, PatchDropout, PatchEmbed
 from .pos_embed import resample_abs_pos_embed
 
 GlobalPool = Literal["token", "avg", ""]
@@ -26,6 +26,7 @@ class VisionTransformer(nn.Module):
     resampling the position embeddings on the fly. ``embed_layer`` swaps the patch
     embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments. ``attn_layer``
     swaps every block's attention for a subclass of ``Attention`` (SL-ViT's locality attention).
+    ``patch_drop_rate`` trains on a random share of each image's patch tokens (``PatchDropout``).
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -34,7 +35,8 @@ class VisionTransformer(nn.Module):
                  init_values: float | None = None, class_token: bool = True, fc_norm: bool | None = None,
                  representation_size: int | None = None, dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
+                 norm_eps: float = 1e-6,
                  weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed,
                  attn_layer: type[Attention] = Attention):
         super().__init__()
@@ -54,6 +56,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.patch_drop = PatchDropout(patch_drop_rate, self.num_prefix_tokens) if patch_drop_rate else nn.Identity()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over depth (DeiT)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate, attn_drop_rate, r, norm_eps,
@@ -123,10 +126,13 @@ class VisionTransformer(nn.Module):
         x = torch.cat(self.prefix_tokens(b) + [x.reshape(b, h * w, d)], dim=1)
         return self.pos_drop(x + pos_embed)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> the encoder's input tokens [B, prefix + patches, D]."""
+        return self.patch_drop(self._pos_embed(self.patch_embed(x)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> normalised tokens [B, prefix + patches, D]."""
-        x = self._pos_embed(self.patch_embed(x))
-        return self.norm(self.blocks(x))
+        return self.norm(self.blocks(self.embed(x)))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -146,7 +152,7 @@ class VisionTransformer(nn.Module):
         # The head reads only the [class] (and distillation) token, so the last block updates only
         # those: same logits, about 3/4 of one block's work saved (what CaiT's class attention
         # makes architectural).
-        x = self._pos_embed(self.patch_embed(x))
+        x = self.embed(x)
         *first, last = self.blocks
         for block in first:
             x = block(x)
