@@ -14,6 +14,7 @@ from .sl_vit import LocalitySelfAttention, ShiftedPatchEmbed, sl_vit
 from .vit import VisionTransformer
 
 __all__ = ["Attention", "Block", "DistilledVisionTransformer", "DropPath", "HybridEmbed", "LayerScale",
-           "LocalitySelfAttention", "Mlp", "PatchDropout", "PatchEmbed", "ResNet", "ShiftedPatchEmbed", "VisionTransformer",
+           "LocalitySelfAttention", "Mlp", "PatchDropout", "PatchEmbed", "ResNet", "ShiftedPatchEmbed",
+           "VisionTransformer",
            "ModelSpec", "count_params", "create_model", "get_model_spec", "hybrid_vit", "list_models",
            "model_param_count", "register_model", "resample_abs_pos_embed", "sl_vit"]
