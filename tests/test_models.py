@@ -4,7 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit
-from vitkit.models import Attention, DropPath, PatchDropout, VisionTransformer, model_param_count, resample_abs_pos_embed
+from vitkit.models import (Attention, DropPath, PatchDropout, VisionTransformer, model_param_count,
+                           resample_abs_pos_embed)
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10)
 
