@@ -98,9 +98,10 @@ def test_set_overrides_any_recipe_field_including_ones_with_flags(tmp_path):
     recipe = tmp_path / "digits.yaml"
     recipe.write_text(RECIPE.format(epochs=4))
     assert main(["train", "--config", str(recipe), "--set", "epochs=1", "--set", "model=sl_vit_mini_patch4_28",
-                 "--output", str(tmp_path / "run")]) == 0
+                 "--set", "min_lr=1e-6", "--output", str(tmp_path / "run")]) == 0
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["epochs"] == 1 and report["model"] == "sl_vit_mini_patch4_28"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["min_lr"] == 1e-6  # not '1e-6'
 
 
 def test_models_lists_counts(capsys):

@@ -187,6 +187,23 @@ def test_patch_dropout_model_trains_on_fewer_tokens_and_evaluates_unchanged():
     assert deit.embed(x).shape == (2, 2 + 36, 128)  # [class] and distillation tokens always stay
 
 
+def test_a_compiled_model_follows_a_changed_patch_drop_rate():
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_mini_patch4_28", class_token=False, global_pool="avg", patch_drop_rate=0.5,
+                                embed_dim=32, depth=1, num_heads=2)
+    compiled, x = torch.compile(model, backend="eager"), torch.randn(2, 1, 28, 28)  # dynamo's guards, no C++
+    model.train()
+    assert not torch.equal(compiled(x), compiled(x))  # half the tokens, a different half each call
+    model.set_patch_drop_rate(0.0)  # no stale graph: training on every token equals evaluation
+    assert isinstance(model.patch_drop, torch.nn.Identity)
+    trained = compiled(x)
+    assert torch.equal(trained, compiled.eval()(x))
+    model.train().set_patch_drop_rate(0.75)
+    assert model.embed(x).shape == (2, 12, 32)
+    with pytest.raises(ValueError, match="patch_drop_rate"):
+        model.set_patch_drop_rate(1.0)
+
+
 def test_stochastic_depth_rates_grow_linearly():
     m = vitkit.create_model("vit_mini_patch4_28", drop_path_rate=0.25)
     rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in m.blocks]

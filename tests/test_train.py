@@ -100,6 +100,9 @@ def test_config_precedence_and_unknown_keys(tmp_path):
         TrainConfig.from_sources(recipe)
     with pytest.raises(VitkitError, match="not found"):
         TrainConfig.from_sources(tmp_path / "missing.yaml")
+    recipe.write_text("lr: 1e-3\nmin_lr: 5E-6\nweight_decay: .5e-1\nseed: 10\n")  # YAML 1.1 would give strings
+    cfg = TrainConfig.from_sources(recipe)
+    assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.seed) == (1e-3, 5e-6, 0.05, 10)
 
 
 def test_cosine_schedule_with_warmup():
@@ -202,6 +205,48 @@ def test_a_folder_of_one_class_is_refused(tmp_path):
     shutil.rmtree(tmp_path / "ds" / "dog")
     with pytest.raises(VitkitError, match=r"only one class \(cat\); a classifier needs two or more"):
         train(digits_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'ds'}"))
+
+
+def test_a_patch_drop_schedule_sets_each_epochs_rate_and_survives_a_resume(tmp_path, monkeypatch):
+    seen = []
+    train_one_epoch, save_epoch = Trainer.train_one_epoch, Trainer._save_epoch
+
+    def record(self, epoch):
+        loss = train_one_epoch(self, epoch)
+        seen.append(getattr(self.model.patch_drop, "prob", 0.0))
+        return loss
+
+    def save_then_die(self, epoch, *args):
+        save_epoch(self, epoch, *args)
+        if epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", record)
+    cfg = digits_config(tmp_path, epochs=4, patch_drop_schedule={"2": 0.5, 4: 0.0})  # JSON brings "2"
+    assert cfg.patch_drop_schedule == {2: 0.5, 4: 0.0}
+    train(cfg)
+    assert seen == [0.0, 0.5, 0.5, 0.0]  # before the first stage: the model's own rate
+    seen.clear()
+    monkeypatch.setattr(Trainer, "_save_epoch", save_then_die)
+    with pytest.raises(Killed):
+        train(digits_config(tmp_path / "cut", epochs=4, patch_drop_schedule={2: 0.5, 4: 0.0}))
+    monkeypatch.setattr(Trainer, "_save_epoch", save_epoch)
+    train(digits_config(tmp_path / "cut", epochs=4, patch_drop_schedule={2: 0.5, 4: 0.0}), resume=True)
+    assert seen == [0.0, 0.5, 0.5, 0.0]  # the resumed run picks the schedule up at epoch 3
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({0: 0.5}, "epochs must be integers >= 1"), ({1: 1.0}, r"rates in \[0, 1\)"), ([0.5], "must map first epochs"),
+    ({"one": 0.5}, "got 'one': 0.5"),
+])
+def test_a_bad_patch_drop_schedule_is_named(tmp_path, schedule, message):
+    with pytest.raises(VitkitError, match=message):
+        digits_config(tmp_path, patch_drop_schedule=schedule)
+
+
+def test_a_patch_drop_schedule_on_a_cnn_is_refused(tmp_path):
+    with pytest.raises(VitkitError, match="resnet_mini_28: patch_drop_schedule needs a ViT"):
+        Trainer(digits_config(tmp_path, model="resnet_mini_28", model_kwargs={}, patch_drop_schedule={1: 0.5}))
 
 
 def test_a_warmup_as_long_as_the_run_warns(tmp_path):

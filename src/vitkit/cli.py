@@ -12,19 +12,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .errors import VitkitError
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """--set key=value pairs; values are read as YAML (numbers, lists, true/false)."""
+    from .train.config import parse_yaml
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise VitkitError(f"--set expects key=value, got {item!r}")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        out[key.strip().replace("-", "_")] = parse_yaml(value)
     return out
 
 

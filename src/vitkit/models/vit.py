@@ -56,7 +56,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.patch_drop = PatchDropout(patch_drop_rate, self.num_prefix_tokens) if patch_drop_rate else nn.Identity()
+        self.patch_drop: nn.Module = nn.Identity()
+        self.set_patch_drop_rate(patch_drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over depth (DeiT)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate, attn_drop_rate, r, norm_eps,
@@ -109,6 +110,12 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
         return head
+
+    def set_patch_drop_rate(self, rate: float) -> None:
+        """Change patch dropout between epochs: a schedule trains cheap epochs on few tokens first and
+        closes on every token, the share evaluation sees (FLIP's unmasked tuning)."""
+        if rate != getattr(self.patch_drop, "prob", 0.0):  # a new module makes torch.compile recompile
+            self.patch_drop = PatchDropout(rate, self.num_prefix_tokens) if rate else nn.Identity()
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -6,6 +6,7 @@ The full, resolved configuration is stored in every checkpoint so a run can be r
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class TrainConfig:
     channels_last: bool = False      # NHWC memory layout: ~1.3x faster convolutions (CNNs, hybrid stems) on CPU
     compile: bool = False            # torch.compile the training step (fewer, fused kernels; compiles once)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    patch_drop_schedule: dict[int, float] | None = None  # {first epoch (from 1): patch_drop_rate}, e.g. {1: 0.75, 41: 0.0}
     init_from: str | None = None     # fine-tune: pretrained weights (any layout vitkit.weights reads)
     backbone_from: str | None = None  # hybrid: start its CNN backbone from a trained CNN checkpoint
     linear_probe: bool = False       # fine-tune: train the head only
@@ -84,6 +86,8 @@ class TrainConfig:
                 if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_number(v) for v in pair):
                     raise VitkitError(f"{key} must be a pair of numbers, e.g. [0.08, 1.0], got {pair!r}")
                 values = {**values, key: tuple(float(v) for v in pair)}
+        if values.get("patch_drop_schedule") is not None:
+            values = {**values, "patch_drop_schedule": _epoch_schedule(values["patch_drop_schedule"])}
         for f in dataclasses.fields(cls):  # numbers must be numbers: YAML and --set hand over strings too
             kind = str(f.type).removesuffix(" | None")
             value = values.get(f.name)
@@ -144,14 +148,43 @@ class TrainConfig:
         return d
 
 
+def _epoch_schedule(schedule: Any) -> dict[int, float]:
+    """{epoch: rate} with epochs counted from 1; JSON (a checkpoint's config) brings the keys as strings."""
+    example = "e.g. {1: 0.75, 41: 0.5, 59: 0.0}"
+    if not isinstance(schedule, dict) or not schedule:
+        raise VitkitError(f"patch_drop_schedule must map first epochs to rates, {example}, got {schedule!r}")
+    out = {}
+    for epoch, rate in schedule.items():
+        if isinstance(epoch, str) and epoch.isdigit():
+            epoch = int(epoch)
+        if not _is_number(epoch, integer=True) or epoch < 1 or not _is_number(rate) or not 0.0 <= rate < 1.0:
+            raise VitkitError(f"patch_drop_schedule: epochs must be integers >= 1 and rates in [0, 1), {example}; "
+                              f"got {epoch!r}: {rate!r}")
+        out[epoch] = float(rate)
+    return dict(sorted(out.items()))
+
+
 def _is_number(value: Any, integer: bool = False) -> bool:
     return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a recipe means the number, as YAML 1.2 and JSON do."""
+
+
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                    list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """A recipe file's text or a ``--set`` value, with ``1e-3`` a number."""
+    return yaml.load(text, Loader=_RecipeLoader)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise VitkitError(f"{path}: recipe file not found") from None
     except yaml.YAMLError as e:

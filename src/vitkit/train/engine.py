@@ -121,6 +121,8 @@ class Trainer:
             init_backbone(self.model, cfg.backbone_from)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.patch_drop_schedule and not hasattr(self.model, "set_patch_drop_rate"):
+            raise VitkitError(f"{cfg.model}: patch_drop_schedule needs a ViT (patch tokens to drop)")
         self.augment, self.mixup = self._augmentation()
         self.criterion = self._criterion()
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
@@ -239,6 +241,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> float:
         cfg, model = self.cfg, self.ddp
         model.train()
+        self._schedule_patch_drop(epoch)
         _seed_epoch(cfg, epoch, self.info.rank)
         loader = self._loader(epoch)
         total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
@@ -271,6 +274,12 @@ class Trainer:
         if self.info.enabled:
             dist.all_reduce(stats)
         return (stats[0] / stats[1]).item()
+
+    def _schedule_patch_drop(self, epoch: int) -> None:
+        """The rate of the last ``patch_drop_schedule`` stage begun by this (0-based) epoch."""
+        started = [rate for first, rate in (self.cfg.patch_drop_schedule or {}).items() if first <= epoch + 1]
+        if started:
+            self.model.set_patch_drop_rate(started[-1])
 
     def evaluate(self, model: nn.Module | None = None, dataset: Any = None) -> dict[str, Any]:
         """``model`` (default: the run's model) on ``dataset`` (default: the validation split)."""
