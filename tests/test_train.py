@@ -159,6 +159,17 @@ def test_recipe_values_of_the_wrong_type_are_named(values, message):
     assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers
 
 
+def test_a_bad_value_is_blamed_on_the_recipe_file_only_when_it_comes_from_it(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 3\nreprob: high\nlr: 1e-3\n")
+    with pytest.raises(VitkitError, match=r"r\.yaml: reprob must be a number, got 'high'"):
+        TrainConfig.from_sources(recipe)
+    assert TrainConfig.from_sources(recipe, reprob=0.25).reprob == 0.25  # the override mends it
+    recipe.write_text("epochs: 3\n")
+    with pytest.raises(VitkitError, match=r"^epochs must be positive, got 0$"):  # from the command line, not the file
+        TrainConfig.from_sources(recipe, epochs=0)
+
+
 def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     cfg = digits_config(tmp_path / "run", epochs=1)
     train(cfg)

@@ -68,11 +68,13 @@ class TrainConfig:
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
         """Defaults, then the YAML recipe, then overrides that are not None."""
-        values: dict[str, Any] = {}
-        if config_file is not None:
-            values.update(load_yaml(config_file))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values)
+        recipe = load_yaml(config_file) if config_file is not None else {}
+        try:
+            return cls.from_dict({**recipe, **{k: v for k, v in overrides.items() if v is not None}})
+        except VitkitError as error:
+            if recipe and _fails_alike(cls, recipe, error):  # the recipe's own value: say which file holds it
+                raise VitkitError(f"{config_file}: {error}") from None
+            raise
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -146,6 +148,14 @@ class TrainConfig:
         if self.resized_crop_scale is not None:
             d["resized_crop_scale"] = list(self.resized_crop_scale)
         return d
+
+
+def _fails_alike(cls: type, values: dict[str, Any], error: VitkitError) -> bool:
+    try:
+        cls.from_dict(values)
+    except VitkitError as own:
+        return str(own) == str(error)
+    return False
 
 
 def _epoch_schedule(schedule: Any) -> dict[int, float]:
