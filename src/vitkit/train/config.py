@@ -151,6 +151,7 @@ class TrainConfig:
 
 
 def _fails_alike(cls: type, values: dict[str, Any], error: VitkitError) -> bool:
+    """Whether ``values`` alone (the recipe, without overrides) fail as the merged values did."""
     try:
         cls.from_dict(values)
     except VitkitError as own:
