@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vitkit.cli import main
+from vitkit.train import TrainConfig
 
 RECIPE = """\
 model: vit_mini_patch4_28
@@ -121,6 +122,7 @@ def test_models_lists_counts(capsys):
     (["train", "--epochs", "1", "--set", "epochs=2"], "epochs is given twice"),
     (["train", "--model", "vit_nope", "--dataset", "digits", "--epochs", "1"], "unknown model 'vit_nope'"),
     (["samples", "--dataset", "digits", "--out", "/proc/version"], "/proc/version: "),
+    (["train", "--resume", "run", "--config", "r.yaml"], "--config r.yaml would not be read"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,
@@ -211,6 +213,18 @@ def test_predict_runs_an_onnx_file_exported_elsewhere_and_refuses_another_models
     assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "s"), "--onnx",
                  str(tmp_path / "junk.onnx")]) == 2
     assert "junk.onnx: not a valid ONNX model" in capsys.readouterr().err
+
+
+def test_help_shows_defaults_including_the_recipe_fields(capsys):
+    """Recipe options are None on the parser (a --config file may set them); help shows TrainConfig's."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {TrainConfig().epochs})" in text and f"(default: {TrainConfig().model})" in text
+    assert f"stochastic depth rate of the last block (default: {TrainConfig().drop_path_rate})" in text
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "(default: 8000)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("argv", [["predict", "--checkpoint", "run", "--batch-size", "0", "x.png"],
