@@ -78,10 +78,12 @@ def test_fixture_architecture_is_inferred():
     assert model.patch_embed.patch_size == (4, 4) and model.patch_embed.img_size == (32, 32)
 
 
-def test_npz_tells_its_head_count():
+def test_npz_tells_its_head_count_and_pixel_range():
     folder, x, expected = fixture("npz_original_tiny")
     model = load_model(folder / "model.npz")  # no num_heads: read off the attention kernels
     assert model.blocks[0].attn.num_heads == 2
+    channels = model.patch_embed.proj.in_channels  # Google's code feeds pixels scaled to [-1, 1]
+    assert model.checkpoint_meta["mean"] == [0.5] * channels and model.checkpoint_meta["std"] == [0.5] * channels
     assert max_diff(logits(model, x), expected) <= TOL
 
 
@@ -249,6 +251,10 @@ def test_head_count_guess_and_refusal(tmp_path):
     with pytest.raises(VitkitError, match="num_heads"):
         load_model(tmp_path / "d96.safetensors")
     assert load_model(tmp_path / "d96.safetensors", num_heads=4).blocks[0].attn.num_heads == 4
+    save_timm(vitkit.create_model("vit_mini_patch4_28", embed_dim=1280, depth=1, num_heads=16),
+              tmp_path / "d1280.safetensors")
+    with pytest.warns(UserWarning, match="assuming 16"):  # ViT-H's width: 16 heads of 80, not 1280 / 64
+        assert load_model(tmp_path / "d1280.safetensors").blocks[0].attn.num_heads == 16
 
 
 # --- big_vision .npz (built from the original-layout fixture) ----------------------------------

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ..errors import VitkitError
+from ..models.registry import VIT_SIZES
 from .files import StateDict
 
 _REQUIRED = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
@@ -75,11 +76,14 @@ def checkpoint_grid(sd: StateDict, num_prefix_tokens: int) -> tuple[int, int] | 
 
 
 def default_num_heads(embed_dim: int, source: str) -> int:
-    """Head dim 64, as every ViT/DeiT size in the papers (Ti 3, S 6, B 12, L 16, H 16 heads).
+    """The head count of the paper's size with this width (ViT-Ti/S/B/L/H); other widths get heads 64 wide.
 
     A wrong guess would load without complaint and give wrong logits, so widths not
     divisible by 64 are refused rather than guessed.
     """
+    paper_heads = {size["embed_dim"]: size["num_heads"] for size in VIT_SIZES.values()}  # ViT-H's are 80 wide
+    if embed_dim in paper_heads:
+        return paper_heads[embed_dim]
     if embed_dim % 64:
         raise VitkitError(f"{source}: the weights do not say how many attention heads the model has and width "
                           f"{embed_dim} is not a multiple of 64; pass num_heads=... or a model name")

@@ -60,7 +60,9 @@ def from_npz(arrays: StateDict, source: str) -> Checkpoint:
     num_heads = renamed["blocks.0.attn.q.weight"].shape[1] if renamed["blocks.0.attn.q.weight"].ndim == 3 else None
     sd = fuse_qkv({k: _to_torch_layout(k, v) for k, v in renamed.items()})
     _add_cls_position(sd)
-    return Checkpoint(sd, source, "npz", {"num_heads": num_heads} if num_heads else {})
+    channels = sd["patch_embed.proj.weight"].shape[1]
+    pixels = {"mean": [0.5] * channels, "std": [0.5] * channels}  # both repositories feed pixels in [-1, 1]
+    return Checkpoint(sd, source, "npz", {"num_heads": num_heads} if num_heads else {}, meta=pixels)
 
 
 def _strip_prefix(arrays: StateDict) -> StateDict:
