@@ -343,3 +343,19 @@ def test_a_missing_teacher_is_named_with_the_recipe_that_makes_it(tmp_path, monk
     with pytest.raises(VitkitError, match=r"`vitkit train --config recipes/cnn.yaml --output runs/cnn` makes it"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_mean_and_std_set_the_normalisation_the_checkpoint_keeps(tmp_path):
+    train(digits_config(tmp_path, epochs=1, mean=[0.25], std=[0.5]))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["mean"] == [0.25] and saved["std"] == [0.5]  # what eval, predict and serve will apply
+    with pytest.raises(VitkitError, match="mean and std have 3 values; the model reads 1 channel"):
+        train(digits_config(tmp_path / "rgb", epochs=1, mean=[0.5] * 3, std=[0.5] * 3))
+
+
+@pytest.mark.parametrize("values", [{"mean": [0.5]}, {"mean": [0.5, 0.5], "std": [0.5]}, {"mean": [0.5], "std": [0]},
+                                    {"mean": ["x"], "std": [1.0]}])
+def test_mean_and_std_are_checked_together(values):
+    with pytest.raises(VitkitError, match="mean and std must be given together"):
+        TrainConfig.from_dict(values)
+

@@ -54,6 +54,8 @@ class TrainConfig:
     distill_alpha: float = 0.5       # weight of the teacher's loss
     distill_tau: float = 1.0         # soft distillation temperature
     val_fraction: float = 0.1        # folder datasets without a val/ folder
+    mean: list[float] | None = None  # input normalisation per channel (default: the pretrained weights', else
+    std: list[float] | None = None   # the dataset's; timm files store none: DeiT's are ImageNet's, AugReg's 0.5)
     workers: int | None = None
     channels_last: bool = False      # NHWC memory layout: ~1.3x faster convolutions (CNNs, hybrid stems) on CPU
     compile: bool = False            # torch.compile the training step (fewer, fused kernels; compiles once)
@@ -90,6 +92,7 @@ class TrainConfig:
                 values = {**values, key: tuple(float(v) for v in pair)}
         if values.get("patch_drop_schedule") is not None:
             values = {**values, "patch_drop_schedule": _epoch_schedule(values["patch_drop_schedule"])}
+        values = {**values, **_normalisation(values.get("mean"), values.get("std"))}
         for f in dataclasses.fields(cls):  # numbers must be numbers: YAML and --set hand over strings too
             kind = str(f.type).removesuffix(" | None")
             value = values.get(f.name)
@@ -148,6 +151,19 @@ class TrainConfig:
         if self.resized_crop_scale is not None:
             d["resized_crop_scale"] = list(self.resized_crop_scale)
         return d
+
+
+def _normalisation(mean: Any, std: Any) -> dict[str, list[float] | None]:
+    """mean and std, given together as equally long lists of numbers (std > 0), or neither."""
+    if mean is None and std is None:
+        return {}
+    example = "e.g. mean: [0.5, 0.5, 0.5] and std: [0.5, 0.5, 0.5]"
+    lists = [v if isinstance(v, (list, tuple)) else [v] for v in (mean, std)]
+    if mean is None or std is None or len(lists[0]) != len(lists[1]) or not all(
+            _is_number(v) for v in lists[0] + lists[1]) or min(lists[1]) <= 0:
+        raise VitkitError(f"mean and std must be given together, one number per channel and std > 0 ({example}); "
+                          f"got mean {mean!r}, std {std!r}")
+    return {"mean": [float(v) for v in lists[0]], "std": [float(v) for v in lists[1]]}
 
 
 def _fails_alike(cls: type, values: dict[str, Any], error: VitkitError) -> bool:

@@ -116,6 +116,11 @@ class Trainer:
         source = getattr(pretrained, "checkpoint_meta", {})
         if len(source.get("mean", [])) == self.in_chans:
             self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
+        if cfg.mean is not None:
+            if len(cfg.mean) != self.in_chans:
+                raise VitkitError(f"mean and std have {len(cfg.mean)} values; the model reads {self.in_chans} "
+                                  "channel(s)")
+            self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
         self.model = build_model(cfg, len(self.classes), pretrained)
         if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
