@@ -1,9 +1,10 @@
 """The paper's transfer recipe at toy scale: pretrain on Fashion-MNIST, fine-tune on scikit-learn digits.
 
-Usage: python benchmarks/transfer.py [PRETRAINED_RUN]   (default runs/demo, made by `make demo`)
+Usage: python benchmarks/transfer.py [PRETRAINED_RUN [NAME]]   (default runs/demo, made by `make demo`)
 Compares, on digits (1,437 train / 360 test images, upsampled from 8x8): the same architecture trained
 from scratch, fine-tuned at the pretraining resolution (28 px), and fine-tuned at 2x (56 px, position
-embeddings resampled from 7x7 to 14x14). Writes benchmarks/results/transfer.json.
+embeddings resampled from 7x7 to 14x14). Writes benchmarks/results/transfer-NAME.json (NAME: the
+run folder's name unless given; the README's are transfer-hybrid and transfer-pure-vit).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ COMMON = dict(dataset="digits", epochs=15, batch_size=64, lr=1e-3, warmup_epochs
               crop_padding=0, hflip=False, drop_path_rate=0.0, log_every=1000)
 
 
-def main(pretrained: Path, out_root: Path = Path("runs/transfer")) -> dict:
+def main(pretrained: Path, name: str, out_root: Path = Path("runs/transfer")) -> dict:
     recipe = json.loads((pretrained / "config.json").read_text())["recipe"]
     runs = {
         "scratch_28px": dict(model=recipe["model"], model_kwargs=recipe["model_kwargs"], img_size=28, lr=3e-3),
@@ -30,10 +31,11 @@ def main(pretrained: Path, out_root: Path = Path("runs/transfer")) -> dict:
         report = train(TrainConfig.from_dict({**COMMON, **extra, "output": str(out_root / name)}))
         results[name] = {"top1": report["top1"], "train_seconds": report["train_seconds"]}
         print(f"{name}: top-1 {100 * report['top1']:.2f}%  ({report['train_seconds']:.0f}s)", flush=True)
-    out = Path(__file__).parent / "results" / "transfer.json"
+    out = Path(__file__).parent / "results" / f"transfer-{name}.json"
     out.write_text(json.dumps({"pretrained": str(pretrained), "recipe": COMMON, "runs": results}, indent=2) + "\n")
     return results
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+    run = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+    main(run, sys.argv[2] if len(sys.argv) > 2 else run.name)
