@@ -140,6 +140,40 @@ def test_class_token_vs_avg_pool():
         VisionTransformer(**TINY, class_token=False, global_pool="token")
 
 
+def test_attention_pooling_equals_hf_siglip_head():
+    """timm's 'map' pooling against an independent implementation: HF SigLIP's pooling head."""
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY, global_pool="map", mlp_ratio=2.0).eval()
+    pool = model.attn_pool
+    cfg = SiglipVisionConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, hidden_act="gelu",
+                             layer_norm_eps=1e-6)
+    hf = SiglipMultiheadAttentionPoolingHead(cfg).eval()
+    for p in pool.parameters():  # random, not init values: every weight must land where it is read
+        torch.nn.init.normal_(p, std=0.2)
+    with torch.no_grad():
+        hf.probe.copy_(pool.latent)
+        hf.attention.in_proj_weight.copy_(torch.cat([pool.q.weight, pool.kv.weight]))
+        hf.attention.in_proj_bias.copy_(torch.cat([pool.q.bias, pool.kv.bias]))
+        hf.attention.out_proj.load_state_dict(pool.proj.state_dict())
+        hf.layernorm.load_state_dict(pool.norm.state_dict())
+        hf.mlp.fc1.load_state_dict(pool.mlp.fc1.state_dict())
+        hf.mlp.fc2.load_state_dict(pool.mlp.fc2.state_dict())
+        tokens = torch.randn(3, 65, 64)
+        torch.testing.assert_close(pool(tokens), hf(tokens), atol=1e-5, rtol=1e-5)
+        x = torch.randn(2, 3, 32, 32)
+        features = model.forward_features(x)  # the final norm comes before the pool, as in timm
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), hf(features), atol=1e-5, rtol=1e-5)
+    assert {"attn_pool.latent", "attn_pool.q.weight", "attn_pool.kv.weight", "attn_pool.proj.weight",
+            "attn_pool.norm.weight", "attn_pool.mlp.fc1.weight"} <= set(model.state_dict())
+    with pytest.raises(ValueError, match="global_pool='map'"):
+        VisionTransformer(**TINY).reset_classifier(5, global_pool="map")
+    model.reset_classifier(5, global_pool="avg")
+    assert model.attn_pool is None and model(x).shape == (2, 5)
+
+
 def test_pre_logits_head_is_tanh_layer():
     m = VisionTransformer(**TINY, representation_size=32).eval()
     assert m.head.in_features == 32 and "pre_logits.fc.weight" in m.state_dict()

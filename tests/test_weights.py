@@ -189,6 +189,16 @@ def test_vitkit_to_timm_to_vitkit(tmp_path):
         assert max_diff(logits(back, x), logits(model, x)) == 0
 
 
+def test_attention_pooling_is_read_from_timm_names(tmp_path):
+    torch.manual_seed(3)
+    model = vitkit.create_model("vit_mini_patch4_28", class_token=False, global_pool="map").eval()
+    save_timm(model, tmp_path / "w.safetensors")
+    back = load_model(tmp_path / "w.safetensors", num_heads=4)
+    assert back.global_pool == "map" and back.cls_token is None
+    x = torch.randn(2, 1, 28, 28)
+    assert max_diff(logits(back, x), logits(model, x)) == 0
+
+
 def test_vitkit_checkpoint_folder(tmp_path):
     torch.manual_seed(4)
     model = vitkit.create_model("vit_mini_patch4_28").eval()

@@ -128,6 +128,38 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+class AttentionPoolLatent(nn.Module):
+    """Pool tokens by attention from a learned query (timm's ``global_pool='map'``, SigLIP's head).
+
+    Where the mean weighs every token alike, the query learns which tokens matter, and a
+    residual MLP refines the pooled feature (Compact Transformers' SeqPool is the one-head,
+    MLP-free case). Parameter names are timm's: ``latent``, ``q``, ``kv``, ``proj``, ``norm``, ``mlp``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-6):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.latent, std=dim ** -0.5)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] tokens -> [B, D]."""
+        b, n, d = x.shape
+        q = self.q(self.latent).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, heads, 1, N]
+        x = self.proj((weights @ v).transpose(1, 2).reshape(b, d))
+        return x + self.mlp(self.norm(x))
+
+
 class LayerScale(nn.Module):
     """Per-channel learnable residual scale (CaiT); ``gamma`` as timm names it."""
 

@@ -11,16 +11,17 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from .layers import Attention, Block, PatchDropout, PatchEmbed
+from .layers import Attention, AttentionPoolLatent, Block, PatchDropout, PatchEmbed
 from .pos_embed import resample_abs_pos_embed
 
-GlobalPool = Literal["token", "avg", ""]
+GlobalPool = Literal["token", "avg", "map", ""]
 
 
 class VisionTransformer(nn.Module):
     """ViT. Keyword names match ``timm.models.vision_transformer.VisionTransformer``.
 
     ``global_pool='avg'`` moves the final norm after pooling (``fc_norm``) as timm does;
+    ``'map'`` pools by attention from a learned query (``attn_pool``, timm's names);
     ``representation_size`` adds the paper's pretraining pre-logits layer (Linear + tanh);
     ``dynamic_img_size`` accepts any input size whose sides divide by the patch size,
     resampling the position embeddings on the fly. ``embed_layer`` swaps the patch
@@ -40,8 +41,8 @@ class VisionTransformer(nn.Module):
                  weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed,
                  attn_layer: type[Attention] = Attention):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        if global_pool not in ("token", "avg", "map", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg', 'map' or '', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         self.num_classes = num_classes
@@ -64,6 +65,8 @@ class VisionTransformer(nn.Module):
                   attn_layer)
             for r in rates])
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps)
+                          if global_pool == "map" else None)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.pre_logits = nn.Identity()
         if representation_size:
@@ -95,6 +98,11 @@ class VisionTransformer(nn.Module):
                          zero_init: bool = False) -> None:
         """Swap the head for ``num_classes`` outputs; ``zero_init`` is the paper's fine-tuning head."""
         if global_pool is not None:
+            if global_pool == "map" and self.attn_pool is None:
+                raise ValueError("attention pooling cannot be added to a model built without it: build it with "
+                                 "global_pool='map'")
+            if global_pool != "map":
+                self.attn_pool = None
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = self.new_head(zero_init)
@@ -142,6 +150,8 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self.embed(x)))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn_pool is not None:
+            return self.attn_pool(x)
         if self.global_pool == "avg":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         if self.global_pool == "token":

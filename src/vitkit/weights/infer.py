@@ -57,7 +57,10 @@ def _patch_geometry(sd: StateDict, proj_shape: tuple[int, ...]) -> dict[str, Any
 
 
 def _pooling(sd: StateDict, class_token: bool) -> dict[str, Any]:
-    """``fc_norm`` means timm's avg pooling; no [class] token means the average of normed tokens (Google's 'gap')."""
+    """``fc_norm`` means timm's avg pooling; no [class] token means the average of normed tokens (Google's 'gap');
+    ``attn_pool`` is timm's attention pooling ('map', SigLIP's)."""
+    if "attn_pool.latent" in sd:
+        return dict(global_pool="map", fc_norm=False)
     if "fc_norm.weight" in sd:
         return dict(global_pool="avg", fc_norm=True)
     return dict(global_pool="token" if class_token else "avg", fc_norm=False)
