@@ -36,6 +36,7 @@ from peers import lucidrains_vit, hf_vit, peers  # noqa: E402
 
 from vitkit.inference import prepare_for_inference  # noqa: E402
 from vitkit.models import create_model  # noqa: E402
+from vitkit.train.fp32_linear import onednn_pays_off, use_onednn_linears  # noqa: E402
 from vitkit.train.precision import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -196,6 +197,11 @@ def train_contenders(quick: bool) -> dict[str, tuple[nn.Module, bool]]:
               "hf-sdpa": hf_vit(**TRAIN_ARCH, attn="sdpa"), "hf-eager": hf_vit(**TRAIN_ARCH, attn="eager"),
               "vit-pytorch": lucidrains_vit(**TRAIN_ARCH)}
     out = {f"{k} {p}": (copy.deepcopy(m).train(), p == "bf16") for k, m in models.items() for p in ("fp32", "bf16")}
+    if onednn_pays_off():  # what the trainer does in fp32 on this CPU; the plain model stays, for reference
+        out["vitkit fp32-mkl"] = out["vitkit fp32"]
+        fast = copy.deepcopy(models["vitkit"]).train()
+        use_onednn_linears(fast)
+        out["vitkit fp32"] = (fast, False)
     if not quick:
         out.update({f"{k} bf16-compiled": (torch.compile(copy.deepcopy(models[k]).train()), True)
                     for k in ("vitkit", "hf-eager", "vit-pytorch")})

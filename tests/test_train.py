@@ -359,3 +359,61 @@ def test_mean_and_std_are_checked_together(values):
     with pytest.raises(VitkitError, match="mean and std must be given together"):
         TrainConfig.from_dict(values)
 
+
+
+@pytest.mark.parametrize("shape,bias", [((5, 8), True), ((2, 7, 8), True), ((2, 7, 8), False)])
+def test_onednn_linear_equals_f_linear_with_its_gradients(shape, bias):
+    from vitkit.train.fp32_linear import onednn_linear
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 6, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    weights = torch.randn(*shape[:-1], 6)
+
+    def output_and_grads(fn):
+        x.grad = None
+        lin.zero_grad()
+        out = fn(x, lin.weight, lin.bias)
+        (out * weights).sum().backward()
+        return [out, x.grad, lin.weight.grad] + ([lin.bias.grad] if bias else [])
+
+    for a, b in zip(output_and_grads(torch.nn.functional.linear), output_and_grads(onednn_linear)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linears_keep_the_model_and_step_compiled_as_eager():
+    """The swap keeps parameters and state-dict keys; bf16 autocast still takes F.linear; torch.compile
+    keeps the op (an opaque custom op) and computes the same loss and gradients."""
+    from vitkit.train.fp32_linear import OneDNNLinear, use_onednn_linears
+    torch.manual_seed(0)
+    plain = vitkit.create_model("vit_mini_patch4_28", num_classes=10, **DIGITS_MODEL)
+    fast = vitkit.create_model("vit_mini_patch4_28", num_classes=10, **DIGITS_MODEL)
+    fast.load_state_dict(plain.state_dict())
+    assert use_onednn_linears(fast) == 2 * 4 + 1 and isinstance(fast.head, OneDNNLinear)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x), plain(x))
+
+    def loss_and_grads(model, params):
+        for p in params:
+            p.grad = None
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in params]
+
+    expected = loss_and_grads(plain, list(plain.parameters()))
+    for model in (fast, torch.compile(fast)):
+        for a, b in zip(expected, loss_and_grads(model, list(fast.parameters()))):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_fp32_training_off_intel_uses_onednn_linears(tmp_path, monkeypatch):
+    from vitkit.train import fp32_linear
+    from vitkit.train.fp32_linear import OneDNNLinear
+    monkeypatch.setattr(fp32_linear, "cpu_is_intel", lambda: False)
+    fp32_linear.onednn_pays_off.cache_clear()
+    try:
+        assert isinstance(Trainer(digits_config(tmp_path)).model.head, OneDNNLinear)
+        assert type(Trainer(digits_config(tmp_path / "b", precision="bf16")).model.head) is torch.nn.Linear
+    finally:
+        fp32_linear.onednn_pays_off.cache_clear()

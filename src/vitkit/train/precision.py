@@ -25,6 +25,10 @@ def cpu_has_bf16() -> bool:
     return any(f in _cpuinfo() for f in (" avx512_bf16", " amx_bf16"))
 
 
+def cpu_is_intel() -> bool:
+    return "GenuineIntel" in _cpuinfo()
+
+
 def cpu_name() -> str:
     """The CPU's model name: training times mean little without it (an AMX Xeon ran the demo 1.5x faster
     than an AMD EPYC with the same two cores)."""
