@@ -174,7 +174,8 @@ def _check_exportable(model: nn.Module) -> None:
         "it is a hybrid (its CNN backbone has no HF ViT equivalent)": hasattr(model.patch_embed, "backbone"),
         "it is an SL-ViT (shifted patch tokens have no HF ViT equivalent)":
             not isinstance(getattr(model.patch_embed, "proj", None), nn.Conv2d),
-        "it pools by averaging or attention (HF ViT uses the [class] token)": getattr(model, "global_pool", "") != "token",
+        "it pools by averaging or attention (HF ViT uses the [class] token)":
+            getattr(model, "global_pool", "") != "token",
         "it has LayerScale (ls1/ls2)": not isinstance(model.blocks[0].ls1, nn.Identity),
         "it has a pre-logits layer and a head (HF's ViTForImageClassification has no pooler)":
             model.num_classes > 0 and not isinstance(model.pre_logits, nn.Identity),
