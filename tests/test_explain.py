@@ -87,6 +87,22 @@ def test_avg_pool_model_uses_mean_of_patch_rows(x):
         attention_rollout(m, x, token=0)
 
 
+def test_attention_pooled_model_rolls_out_the_pools_own_weights(x):
+    """A 'map' head reads its latent query's weights over the last tokens: rollout is that row
+    times the layers' rollout, computed here from the pool's parameters by hand."""
+    m = tiny(class_token=False, global_pool="map")
+    tokens = m.norm(m.blocks(m.embed(x)))  # the pool's input
+    pool = m.attn_pool
+    q = pool.q(pool.latent).reshape(1, 2, 32)  # [1, heads, head_dim]
+    k = pool.kv(tokens)[..., :64].reshape(2, 64, 2, 32)  # [B, N, heads, head_dim]
+    w = torch.einsum("hd,bnhd->bhn", q[0], k).mul(32 ** -0.5).softmax(-1).mean(1)  # heads fused
+    expected = torch.einsum("bn,bnm->bm", w, rollout(attention_maps(m, x)))
+    got = attention_rollout(m, x)
+    assert torch.allclose(got.flatten(1), expected, atol=1e-5)
+    assert not torch.allclose(got.flatten(1), rollout(attention_maps(m, x)).mean(1), atol=1e-3)
+    assert m.attn_pool.attn_hook is None
+
+
 def test_distilled_model_either_prefix_token(x):
     m = _sharpen(DistilledVisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2,
                                             num_classes=5))

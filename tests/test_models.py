@@ -183,6 +183,28 @@ def test_pre_logits_head_is_tanh_layer():
     torch.testing.assert_close(pre, torch.tanh(m.pre_logits.fc(feats[:, 0])))
 
 
+def test_mimetic_init_gives_the_papers_attention_products():
+    """Trockman & Kolter 2023: W_v W_o ≈ 0.4·(Z − I), Z of variance 1/D; each head's W_q W_kᵀ the
+    rank-d_head part of 0.7·(Z + I), so a token's key best matches its own query."""
+    torch.manual_seed(0)
+    d, heads = 128, 4
+    attn = vitkit.create_model("vit_mini_patch4_28", weight_init="mimetic").blocks[0].attn
+    w = attn.qkv.weight.detach()
+    vo = attn.proj.weight.detach() @ w[2 * d:]
+    off = vo - torch.diag(vo.diag())
+    assert abs(vo.diag().mean() + 0.4) < 0.02 and abs(off.std() - 0.4 / d ** 0.5) < 0.005
+    x = torch.randn(200, d)
+    plain = vitkit.create_model("vit_mini_patch4_28").blocks[0].attn
+    for a, share in ((attn, 0.9), (plain, None)):
+        q, k, _ = a.qkv(x).detach().chunk(3, dim=-1)
+        for h in range(heads):
+            s = slice(h * d // heads, (h + 1) * d // heads)
+            own = ((q[:, s] @ k[:, s].T).argmax(1) == torch.arange(200)).float().mean()
+            assert own > share if share else own < 0.2
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        vitkit.create_model("vit_mini_patch4_28", weight_init="jax")
+
+
 def test_drop_path_is_identity_in_eval_and_unbiased_in_train():
     dp = DropPath(0.3)
     x = torch.ones(20000, 4)

@@ -140,14 +140,28 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, head_fusion: HeadFusion
     The map is the rollout row of ``token`` over patch tokens (see
     :func:`~vitkit.explain.tokens.resolve_token`: by default the [class] token, or the
     mean over patch rows for average-pooled models; ``token=1`` is a distilled DeiT's
-    distillation token). Values are the raw rollout weights; the prefix tokens' share
-    is left out, so a row sums to at most 1.
+    distillation token). An attention-pooled model (``global_pool='map'``) is read the
+    way its head reads it: the pool's own weights over the last layer's tokens, rolled
+    out through the layers (the pool has no residual path, so no identity is mixed in).
+    Values are the raw rollout weights; the prefix tokens' share is left out, so a row
+    sums to at most 1.
     """
     gh, gw = input_grid(model, x)
     row_token = resolve_token(model, token)
+    prefix = num_prefix_tokens(model)
     acc = Rollout(head_fusion)
-    forward_with_attention(model, x, lambda _i, attn: acc.update(attn))
-    return query_row(acc.result, num_prefix_tokens(model), row_token).reshape(-1, gh, gw)
+    pool = getattr(model, "attn_pool", None)
+    if pool is None or token is not None:
+        forward_with_attention(model, x, lambda _i, attn: acc.update(attn))
+        return query_row(acc.result, prefix, row_token).reshape(-1, gh, gw)
+    pooled: list[torch.Tensor] = []
+    previous, pool.attn_hook = pool.attn_hook, lambda _m, w: pooled.append(w.detach().float())
+    try:
+        forward_with_attention(model, x, lambda _i, attn: acc.update(attn))
+    finally:
+        pool.attn_hook = previous
+    row = (fuse_heads(pooled[0], head_fusion) @ acc.result)[:, 0]  # [B, N] over the input tokens
+    return row[:, prefix:].reshape(-1, gh, gw)
 
 
 def class_attention(model: nn.Module, x: torch.Tensor, token: int | None = None,

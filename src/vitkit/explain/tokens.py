@@ -73,7 +73,9 @@ def resolve_token(model: nn.Module, token: int | None) -> int | None:
 
     ``None`` follows the head: the [class] token (row 0) for ``global_pool='token'``, the
     mean over patch queries for ``'avg'`` (the pooled feature is the mean of patch
-    tokens). An int picks a prefix token, e.g. 1 for a distilled DeiT's distillation token.
+    tokens) and for per-layer maps of ``'map'`` models (whose rollout reads the pool's own
+    query instead, see :func:`~vitkit.explain.attention.attention_rollout`). An int picks a
+    prefix token, e.g. 1 for a distilled DeiT's distillation token.
     """
     prefix = num_prefix_tokens(model)
     if token is None:

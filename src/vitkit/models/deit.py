@@ -40,11 +40,11 @@ class DistilledVisionTransformer(VisionTransformer):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 2, self.embed_dim))
         self.head_dist = self.new_head() if dist_head else nn.Identity()
         if weight_init != "skip":
-            self.init_weights()
+            self.init_weights(weight_init)
 
-    def init_weights(self) -> None:
+    def init_weights(self, mode: str = "") -> None:
         """timm's: the ViT's init, and truncated normal (std 0.02) for the distillation token."""
-        super().init_weights()
+        super().init_weights(mode)
         nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     @torch.jit.ignore

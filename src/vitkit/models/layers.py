@@ -103,6 +103,22 @@ class Attention(nn.Module):
         x = x.transpose(1, 2).reshape(b, n, c).to(out_dtype)
         return self.proj_drop(self.proj(x))
 
+    @torch.no_grad()
+    def init_mimetic(self, qk: float = 0.7, vo: float = 0.4) -> None:
+        """Mimetic initialisation (Trockman & Kolter 2023): each head's W_q W_kᵀ starts near
+        qk·(Z + I) and the joint W_v W_o near vo·(Z − I), Z random with variance 1/D, the products
+        pretrained ViTs show. Tokens then start out attending to similar tokens and subtracting
+        their mix from the residual, which small-data training otherwise has to discover."""
+        dim, hd = self.proj.in_features, self.head_dim
+        w = self.qkv.weight  # rows: q, k, v, each [D, D], heads in blocks of head_dim
+        for h in range(self.num_heads):
+            left, right = _factor_near_identity(dim, qk, +1.0)
+            w[h * hd:(h + 1) * hd] = left[:, :hd].T
+            w[dim + h * hd:dim + (h + 1) * hd] = right[:hd]
+        left, right = _factor_near_identity(dim, vo, -1.0)
+        w[2 * dim:] = left.T
+        self.proj.weight.copy_(right.T)
+
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """softmax(QKᵀ/√d): [B, heads, m, d] x [B, heads, n, d] -> [B, heads, m, n]."""
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
@@ -111,6 +127,16 @@ class Attention(nn.Module):
         if not self.fused_attn or self.matmul_dtype is not None:
             return False
         return not (x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled())
+
+
+def _factor_near_identity(dim: int, scale: float, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L, R with L @ R = scale·(Z + sign·I), Z uniform with variance 1/dim; the SVD splits the
+    singular values evenly between the two, so truncating both to the top k columns/rows keeps
+    the best rank-k approximation."""
+    bound = (3 / dim) ** 0.5
+    a = scale * (torch.empty(dim, dim).uniform_(-bound, bound) + sign * torch.eye(dim))
+    u, s, vh = torch.linalg.svd(a)
+    return u * s.sqrt(), s.sqrt()[:, None] * vh
 
 
 class Mlp(nn.Module):
@@ -149,6 +175,7 @@ class AttentionPoolLatent(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn_hook: AttentionHook | None = None  # gets the query's weights [B, heads, 1, N]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, D] tokens -> [B, D]."""
@@ -156,6 +183,8 @@ class AttentionPoolLatent(nn.Module):
         q = self.q(self.latent).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         weights = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, heads, 1, N]
+        if self.attn_hook is not None:
+            self.attn_hook(self, weights)
         x = self.proj((weights @ v).transpose(1, 2).reshape(b, d))
         return x + self.mlp(self.norm(x))
 

@@ -15,6 +15,7 @@ from .layers import Attention, AttentionPoolLatent, Block, PatchDropout, PatchEm
 from .pos_embed import resample_abs_pos_embed
 
 GlobalPool = Literal["token", "avg", "map", ""]
+WEIGHT_INITS = ("", "mimetic")  # and "skip": no init, for weights about to be loaded
 
 
 class VisionTransformer(nn.Module):
@@ -28,6 +29,8 @@ class VisionTransformer(nn.Module):
     embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments. ``attn_layer``
     swaps every block's attention for a subclass of ``Attention`` (SL-ViT's locality attention).
     ``patch_drop_rate`` trains on a random share of each image's patch tokens (``PatchDropout``).
+    ``weight_init="mimetic"`` starts attention from the products pretrained ViTs learn
+    (``Attention.init_mimetic``); ``"skip"`` leaves parameters uninitialised for loading.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -77,10 +80,13 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if weight_init != "skip":
-            self.init_weights()
+            self.init_weights(weight_init)
 
-    def init_weights(self) -> None:
-        """timm's default: truncated normal (std 0.02) for linears and pos_embed, zero biases."""
+    def init_weights(self, mode: str = "") -> None:
+        """timm's default: truncated normal (std 0.02) for linears and pos_embed, zero biases;
+        ``mode="mimetic"`` then gives every attention layer ``Attention.init_mimetic``."""
+        if mode not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {', '.join(map(repr, WEIGHT_INITS))}, got {mode!r}")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -89,6 +95,9 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if mode == "mimetic":
+            for block in self.blocks:
+                block.attn.init_mimetic()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
