@@ -89,10 +89,18 @@ def test_explain_writes_report(run_dir, tmp_path, capsys):
 
 
 def test_convert_round_trip(run_dir, tmp_path, capsys):
+    """Through HF and back, the normalisation too (preprocessor_config.json): the same accuracy."""
     assert main(["convert", str(run_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    mean = json.loads((run_dir / "config.json").read_text())["mean"]
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["image_mean"] == mean
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
-    assert main(["eval", "--checkpoint", str(tmp_path / "back"), "--dataset", "digits", "--json",
-                 "--out", str(tmp_path / "e")]) == 0
+    top1 = []
+    for run in (run_dir, tmp_path / "back"):
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(run), "--dataset", "digits", "--json",
+                     "--out", str(tmp_path / "e")]) == 0
+        top1.append(json.loads(capsys.readouterr().out)["top1"])
+    assert top1[0] == top1[1]
 
 
 def test_set_overrides_any_recipe_field_including_ones_with_flags(tmp_path):
@@ -120,6 +128,7 @@ def test_models_lists_counts(capsys):
     (["models", "swin*"], "no model matches"),
     (["train", "--set", "randaugment=rand-x9", "--epochs", "1"], "randaugment"),
     (["train", "--epochs", "1", "--set", "epochs=2"], "epochs is given twice"),
+    (["train", "--set", "lr=[1", "--epochs", "1"], "--set lr=[1: not a YAML value"),
     (["train", "--model", "vit_nope", "--dataset", "digits", "--epochs", "1"], "unknown model 'vit_nope'"),
     (["samples", "--dataset", "digits", "--out", "/proc/version"], "/proc/version: "),
     (["train", "--resume", "run", "--config", "r.yaml"], "--config r.yaml would not be read"),

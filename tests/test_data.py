@@ -368,6 +368,20 @@ def test_random_crop_flip_matches_pad_then_crop(pad_mode, torch_mode):
     assert torch.equal(again, y)
 
 
+@pytest.mark.parametrize("layout, message", [
+    ({"val/cat": 2, "val/dog": 2, "test/cat": 2, "test/dog": 2}, r"has val/, test/ but no train/"),
+    ({"train": 3, "val": 3}, r"train/, val/ hold\(s\) images, not class folders"),
+    ({"train/cat": 2, "train/dog": 2, "val/cat": 2, "val/dog": 2, "bird": 2}, r"bird/ sit\(s\) beside train/, val/"),
+])
+def test_split_layouts_that_would_be_misread_are_refused(tmp_path, layout, message):
+    for folder, n in layout.items():
+        (tmp_path / "ds" / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), 20 * i).save(tmp_path / "ds" / folder / f"{i}.png")
+    with pytest.raises(VitkitError, match=message):
+        load_dataset(f"folder:{tmp_path / 'ds'}", "train", img_size=8)
+
+
 @pytest.mark.parametrize("folders", [("Train", "val"), ("train", "validation")])
 def test_folders_named_like_splits_are_not_read_as_classes_or_ignored(tmp_path, folders):
     for name in folders:

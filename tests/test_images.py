@@ -80,6 +80,16 @@ def test_bad_files_name_the_file(tmp_path, setup, message):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_float_image_with_nan_or_inf_is_refused_not_blacked_out(tmp_path):
+    import numpy as np
+    for bad in (np.nan, np.inf):
+        a = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+        a[0, 0] = bad
+        path = _save(tmp_path / "f.tif", Image.fromarray(a))
+        with pytest.raises(VitkitError, match=r"f\.tif: .*1 pixel\(s\) are NaN or infinite"):
+            open_image(path, 1)
+
+
 def test_truncated_and_bomb_limits(tmp_path):
     good = _save(tmp_path / "good.png", Image.effect_noise((64, 64), 50).convert("L"))
     cut = tmp_path / "cut.png"

@@ -152,6 +152,9 @@ def test_layer_decay_scales_learning_rate_by_depth():
     ({"repeated_aug": 3.0}, "repeated_aug must be an integer"),
     ({"resized_crop_scale": ["a", 1]}, "resized_crop_scale must be a pair of numbers"),
     ({"ema_decay": True}, "ema_decay must be a number"),
+    ({"hflip": "false"}, "hflip must be true or false, got 'false'"),  # a string would count as true
+    ({"model": 3}, "model must be a string, got 3"),
+    ({"model_kwargs": [1]}, "model_kwargs must be a mapping"),
 ])
 def test_recipe_values_of_the_wrong_type_are_named(values, message):
     with pytest.raises(VitkitError, match=message):
@@ -269,6 +272,9 @@ def test_a_warmup_as_long_as_the_run_warns(tmp_path):
     ({"drop_path_rate": 2}, r"drop_path_rate must be in \[0, 1\)"), ({"img_size": 0}, "img_size must be positive"),
     ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"), ({"workers": -1}, "workers must be >= 0"),
     ({"clip_grad": -1}, "clip_grad must be >= 0"), ({"epochs": 0}, "epochs must be positive, got 0"),
+    ({"lr": 5e-6}, "min_lr 1e-05 is above lr 5e-06"),  # the cosine would climb
+    ({"layer_decay": -1.0}, r"layer_decay must be in \(0, 1\]"), ({"layer_decay": 0.0}, "layer_decay must be in"),
+    ({"crop_padding": -1}, "crop_padding must be >= 0"),
 ])
 def test_recipe_values_out_of_range_are_refused(tmp_path, bad, message):
     with pytest.raises(VitkitError, match=message):

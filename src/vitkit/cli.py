@@ -17,6 +17,8 @@ from .errors import VitkitError
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """--set key=value pairs; values are read as YAML (numbers, lists, true/false)."""
+    import yaml
+
     from .train.config import parse_yaml
 
     out: dict[str, Any] = {}
@@ -24,7 +26,11 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise VitkitError(f"--set expects key=value, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_yaml(value)
+        try:
+            out[key.strip().replace("-", "_")] = parse_yaml(value)
+        except yaml.YAMLError as e:
+            raise VitkitError(f"--set {item}: not a YAML value ({str(e).splitlines()[0]}); quote strings, "
+                              "e.g. --set 'model_kwargs={depth: 7}'") from None
     return out
 
 

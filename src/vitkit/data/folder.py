@@ -70,13 +70,30 @@ SPLIT_LIKE = {"train", "training", "val", "valid", "validation", "dev", "eval", 
 
 def _check_split_names(root: Path) -> None:
     """Folders of class folders named like splits but not exactly train/ val/ test/ would be read
-    as classes (Train/) or ignored (validation/ beside train/): either silently changes what is
-    trained or scored. (A class that happens to be called "Train" holds images, not folders.)"""
+    as classes (Train/) or ignored (validation/ beside train/); so would a split layout without
+    train/, with images straight in a split folder, or with a class folder beside the splits:
+    each silently changes what is trained or scored. (A class that happens to be called "Train"
+    holds images, not folders.)"""
     odd = [d for d in _subdirs(root)
            if d.lower() in SPLIT_LIKE and d not in ("train", "val", "test") and _subdirs(root / d)]
     if odd:
         raise VitkitError(f"{root}: {', '.join(d + '/' for d in odd)} look(s) like a split; vitkit reads the splits "
                           "train/, val/ and test/ (lowercase): rename them")
+    splits = [d for d in ("train", "val", "test") if (root / d).is_dir()]
+    if len(splits) < 2 and not any(_subdirs(root / d) for d in splits):
+        return  # class folders in the root (one of them may be called "train")
+    names = ", ".join(d + "/" for d in splits)
+    if "train" not in splits:
+        raise VitkitError(f"{root}: has {names} but no train/; put the training images in train/<class>/, or all "
+                          "class folders directly in the root to split by val_fraction")
+    flat = [d for d in splits if not _subdirs(root / d)]
+    if flat:
+        raise VitkitError(f"{root}: {', '.join(d + '/' for d in flat)} hold(s) images, not class folders "
+                          f"(expected {root}/{flat[0]}/<class>/<image>)")
+    extra = [d + "/" for d in _subdirs(root) if d not in splits and any(root.joinpath(d).iterdir())]
+    if extra:
+        raise VitkitError(f"{root}: {', '.join(extra)} sit(s) beside {names} and would be ignored; move "
+                          "it into the splits or out of the folder")
 
 
 def has_separate_test(spec: str) -> bool:

@@ -80,8 +80,8 @@ def _header(source: Path | IO[bytes], name: str | Path, max_pixels: int | None) 
             raise VitkitError(f"{name}: unreadable image data (corrupt, truncated, or not really a {ext} file)") \
                 from None
         raise VitkitError(f"{name}: not an image format Pillow can read (extension {ext or 'none'})") from None
-    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
-        raise _too_large(name, str(e)) from None
+    except Image.DecompressionBombError:  # beyond twice Pillow's own limit, before our check
+        raise _too_large(name, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, limit {limit:,}") from None
     except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
         raise VitkitError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from None
     w, h = im.size
@@ -131,6 +131,8 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
     by 255; any other range is stretched from min(0, min) to max, keeping zero black when it can.
     The 16-bit case stays in integers: a 100-MP scan would need GBs as float64."""
     a = np.asarray(im)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():  # min/max would be NaN: an all-black image
+        raise ValueError(f"{int((~np.isfinite(a)).sum()):,} pixel(s) are NaN or infinite")
     lo, hi = (min(float(a.min()), 0.0), float(a.max())) if a.size else (0.0, 0.0)
     if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
         b = a.astype(np.uint32)

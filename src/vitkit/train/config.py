@@ -98,6 +98,8 @@ class TrainConfig:
             value = values.get(f.name)
             if kind in ("int", "float") and value is not None and not _is_number(value, integer=kind == "int"):
                 raise VitkitError(f"{f.name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+            if value is not None and not isinstance(value, _KINDS.get(kind, object)):  # "false" is not False
+                raise VitkitError(f"{f.name} must be {_KIND_NAMES[kind]}, got {value!r}")
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -113,6 +115,14 @@ class TrainConfig:
         for name in ("warmup_epochs", "weight_decay", "min_lr"):
             if getattr(self, name) < 0:
                 raise VitkitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr > self.lr:  # the cosine would climb from lr to min_lr
+            raise VitkitError(f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the schedule decays from lr to "
+                              f"min_lr; lower min_lr (e.g. --set min_lr={self.lr / 100:g})")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise VitkitError(f"layer_decay must be in (0, 1] (1: no decay), got {self.layer_decay}")
+        if self.crop_padding < 0 or self.log_every < 1:
+            raise VitkitError(f"crop_padding must be >= 0 and log_every >= 1, got {self.crop_padding} and "
+                              f"{self.log_every}")
         if self.warmup_epochs > self.epochs:  # fine for a quick check of a recipe, a mistake otherwise
             warnings.warn(f"warmup_epochs {self.warmup_epochs} > epochs {self.epochs}: the learning rate never "
                           f"reaches its peak of {self.lr}", stacklevel=2)
@@ -191,6 +201,10 @@ def _epoch_schedule(schedule: Any) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
+_KINDS = {"bool": bool, "str": str, "dict[str, Any]": dict}
+_KIND_NAMES = {"bool": "true or false", "str": "a string", "dict[str, Any]": "a mapping, e.g. {depth: 7}"}
+
+
 def _is_number(value: Any, integer: bool = False) -> bool:
     return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
@@ -211,9 +225,11 @@ def parse_yaml(text: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = parse_yaml(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VitkitError(f"{path}: recipe file not found") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise VitkitError(f"{path}: not a UTF-8 text file ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         raise VitkitError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     if data is None:

@@ -133,7 +133,8 @@ def _kwargs(config: dict[str, Any]) -> dict[str, Any]:
 def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = None) -> Path:
     """Write a folder that ``transformers.ViTForImageClassification.from_pretrained`` loads
     (``ViTModel`` for a model without a head; for a distilled DeiT,
-    ``DeiTForImageClassificationWithTeacher`` or ``DeiTModel``); class names default to the checkpoint's."""
+    ``DeiTForImageClassificationWithTeacher`` or ``DeiTModel``); class names default to the checkpoint's,
+    and its normalisation goes to ``preprocessor_config.json`` (``AutoImageProcessor`` reads it)."""
     from safetensors.torch import save_file
     classes = classes or getattr(model, "checkpoint_meta", {}).get("classes")
     if classes is not None and len(classes) != model.num_classes:
@@ -143,7 +144,18 @@ def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = No
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
     write_json(folder / "config.json", config)
+    meta = getattr(model, "checkpoint_meta", {})
+    if meta.get("mean") is not None and meta.get("std") is not None:  # else HF's loaders assume 0.5, 0.5
+        write_json(folder / "preprocessor_config.json", _preprocessor_config(model, meta["mean"], meta["std"]))
     return folder
+
+
+def _preprocessor_config(model: nn.Module, mean: list[float], std: list[float]) -> dict[str, Any]:
+    """``ViTImageProcessor``'s settings: resize to the model's input, scale to [0, 1], normalise."""
+    h, w = model.patch_embed.img_size
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
+            "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(mean), "image_std": list(std)}
 
 
 def to_hf(model: nn.Module, classes: list[str] | None = None) -> tuple[StateDict, dict[str, Any]]:
