@@ -141,6 +141,19 @@ def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("var", ["VITKIT_MAX_IMAGE_PIXELS", "VITKIT_FOLDER_MEMORY_MB"])
+def test_a_mistyped_environment_variable_is_one_clear_line(tmp_path, var):
+    folder = tmp_path / "ds"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8)).save(folder / c / f"{i}.png")
+    argv = ["samples", "--dataset", f"folder:{folder}", "--count", "1", "--out", str(tmp_path / "s")]
+    proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, env={**os.environ, var: "1GB"})
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {var} must be a whole number, got '1GB'"
+
+
 def test_ddp_two_processes(tmp_path):
     """torchrun with 2 gloo processes trains, and only rank 0 writes."""
     recipe = tmp_path / "digits.yaml"

@@ -284,9 +284,11 @@ def test_recipe_values_out_of_range_are_refused(tmp_path, bad, message):
 @pytest.mark.parametrize("bad, message", [
     ({"model": "vit_nope"}, "unknown model 'vit_nope'"),
     ({"img_size": 30}, "image size 30 is not divisible by the patch size 4"),
+    ({"model_kwargs": {"num_classes": 3}}, "num_classes 3 does not match the dataset's 10 classes"),
 ])
 def test_a_model_the_recipe_cannot_build_is_one_clear_error(tmp_path, bad, message):
     kwargs = {k: v for k, v in DIGITS_MODEL.items() if k != "img_size"}
+    kwargs.update(bad.pop("model_kwargs", {}))
     with pytest.raises(VitkitError, match=message):
         Trainer(digits_config(tmp_path, model_kwargs=kwargs, **bad))
 

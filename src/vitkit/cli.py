@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from itertools import islice
@@ -409,7 +410,7 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="for --figure attention-distance: where dataset files are")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="for --figure attention-distance")
-    p.add_argument("--limit", type=int, default=1024, help="images averaged for --figure attention-distance")
+    p.add_argument("--limit", type=_positive_int, default=1024, help="images averaged for --figure attention-distance")
     p.add_argument("--token", type=int, help="prefix token whose attention is drawn: 0 the [class] token, 1 a "
                    "distilled model's distillation token (default: what the head reads)")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
@@ -503,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vitkit eval --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from ..errors import VitkitError
 from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized
-from .images import IMAGE_EXTENSIONS, open_header
+from .images import IMAGE_EXTENSIONS, env_int, max_image_pixels, open_header
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, match_stats
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
-MEMORY_BUDGET_MB = int(os.environ.get("VITKIT_FOLDER_MEMORY_MB", 512))
+MEMORY_BUDGET_MB: int | None = None  # None: $VITKIT_FOLDER_MEMORY_MB, else 512 (read per dataset)
 """Splits whose decoded pixels fit in this many MB are decoded once, up front."""
 MAX_LISTED = 10
 
@@ -57,7 +57,10 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
     paths, targets = [p for p, _ in samples], [t for _, t in samples]
     mean, std = match_stats(IMAGENET_MEAN, in_chans), match_stats(IMAGENET_STD, in_chans)
     name = f"folder:{root}[{split}]"
-    budget = (MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb) * 2**20
+    if memory_budget_mb is None:
+        memory_budget_mb = MEMORY_BUDGET_MB or env_int("VITKIT_FOLDER_MEMORY_MB", 512)
+    budget = memory_budget_mb * 2**20
+    max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     if len(paths) * in_chans * img_size**2 <= budget:
         images = _decode_all(paths, img_size, in_chans, desc=f"decoding {root.name}/ {split}")
         return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)

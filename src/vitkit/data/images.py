@@ -21,10 +21,28 @@ from ..errors import VitkitError
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif",
                                      ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
 
-MAX_IMAGE_PIXELS: int = int(os.environ.get("VITKIT_MAX_IMAGE_PIXELS", 100_000_000))
-"""Images with more pixels are refused (decompression bombs); set VITKIT_MAX_IMAGE_PIXELS to change."""
-if Image.MAX_IMAGE_PIXELS is not None and MAX_IMAGE_PIXELS > Image.MAX_IMAGE_PIXELS:
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # a user who raised vitkit's limit means Pillow's too
+
+def env_int(name: str, default: int) -> int:
+    """A whole number from the environment; anything else is the user's typo, named."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise VitkitError(f"{name} must be a whole number, got {text!r}") from None
+
+
+MAX_IMAGE_PIXELS: int | None = None
+"""Images with more pixels are refused (decompression bombs); None: $VITKIT_MAX_IMAGE_PIXELS, else 100 MP.
+(Read when an image is opened, not at import, so a typo there is an error the CLI can name.)"""
+
+
+def max_image_pixels() -> int:
+    limit = MAX_IMAGE_PIXELS or env_int("VITKIT_MAX_IMAGE_PIXELS", 100_000_000)
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # a user who raised vitkit's limit means Pillow's too
+    return limit
 
 WHITE = (255, 255, 255)
 
@@ -69,7 +87,7 @@ def _check_chans(in_chans: int) -> None:
 
 
 def _header(source: Path | IO[bytes], name: str | Path, max_pixels: int | None) -> Image.Image:
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -79,6 +79,10 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: nn.Module | None
         if cfg.linear_probe:
             freeze_body(model)
         return model
+    given = cfg.model_kwargs.get("num_classes", num_classes)
+    if given != num_classes:  # the loss would fail at the first label past the head, mid-epoch
+        raise VitkitError(f"model_kwargs num_classes {given} does not match the dataset's {num_classes} classes "
+                          "(leave it out: the dataset sets it)")
     _, img_size = model_input_shape(cfg)
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_rate=cfg.drop_rate,
                   drop_path_rate=cfg.drop_path_rate)
