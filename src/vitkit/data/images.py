@@ -6,6 +6,7 @@ reported as such instead of surfacing as a PIL traceback in the middle of traini
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -39,7 +40,12 @@ MAX_IMAGE_PIXELS: int | None = None
 
 
 def max_image_pixels() -> int:
-    limit = MAX_IMAGE_PIXELS or env_int("VITKIT_MAX_IMAGE_PIXELS", 100_000_000)
+    return MAX_IMAGE_PIXELS or _env_max_image_pixels()
+
+
+@functools.cache  # once per process, not once per image (a failed read is not cached: it raises again)
+def _env_max_image_pixels() -> int:
+    limit = env_int("VITKIT_MAX_IMAGE_PIXELS", 100_000_000)
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # a user who raised vitkit's limit means Pillow's too
     return limit

@@ -136,7 +136,8 @@ def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = No
     ``DeiTForImageClassificationWithTeacher`` or ``DeiTModel``); class names default to the checkpoint's,
     and its normalisation goes to ``preprocessor_config.json`` (``AutoImageProcessor`` reads it)."""
     from safetensors.torch import save_file
-    classes = classes or getattr(model, "checkpoint_meta", {}).get("classes")
+    meta = getattr(model, "checkpoint_meta", {})
+    classes = classes or meta.get("classes")
     if classes is not None and len(classes) != model.num_classes:
         raise VitkitError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
     sd, config = to_hf(model, classes)
@@ -144,7 +145,6 @@ def save_hf(model: nn.Module, folder: str | Path, classes: list[str] | None = No
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
     write_json(folder / "config.json", config)
-    meta = getattr(model, "checkpoint_meta", {})
     if meta.get("mean") is not None and meta.get("std") is not None:  # else HF's loaders assume 0.5, 0.5
         write_json(folder / "preprocessor_config.json", _preprocessor_config(model, meta["mean"], meta["std"]))
     return folder
