@@ -100,6 +100,9 @@ def test_config_precedence_and_unknown_keys(tmp_path):
         TrainConfig.from_sources(recipe)
     with pytest.raises(VitkitError, match="not found"):
         TrainConfig.from_sources(tmp_path / "missing.yaml")
+    recipe.write_text("epochs: 7\n1: 0.5\n")
+    with pytest.raises(VitkitError, match=r"r.yaml: option names must be words, got 1$"):
+        TrainConfig.from_sources(recipe)
     recipe.write_text("lr: 1e-3\nmin_lr: 5E-6\nweight_decay: .5e-1\nseed: 10\n")  # YAML 1.1 would give strings
     cfg = TrainConfig.from_sources(recipe)
     assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.seed) == (1e-3, 5e-6, 0.05, 10)
@@ -134,6 +137,17 @@ def test_resume_with_ema_switched_on_names_the_setting(tmp_path):
     train(digits_config(tmp_path, epochs=1))
     with pytest.raises(VitkitError, match="trained without an EMA"):
         train(digits_config(tmp_path, epochs=2, ema_decay=0.9), resume=True)
+
+
+def test_resume_refuses_another_model_dataset_or_fewer_epochs(tmp_path):
+    train(digits_config(tmp_path, epochs=2))
+    with pytest.raises(VitkitError, match=r"same model on the same data \(dataset 'digits' -> 'fashion-mnist'\)"):
+        train(digits_config(tmp_path, epochs=3, dataset="fashion-mnist"), resume=True)
+    with pytest.raises(VitkitError, match=r"model_kwargs .* -> "):
+        train(digits_config(tmp_path, epochs=3, model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2}),
+              resume=True)
+    with pytest.raises(VitkitError, match="already trained 2 epochs, more than --epochs 1; give --epochs 2 or more"):
+        train(digits_config(tmp_path, epochs=1), resume=True)
 
 
 def test_layer_decay_scales_learning_rate_by_depth():
@@ -211,6 +225,20 @@ def test_a_folder_with_val_and_test_is_scored_on_val_each_epoch_and_on_test_once
     trainer = Trainer(cfg)
     assert (len(trainer.train_ds), len(trainer.eval_ds), len(trainer.test_ds)) == (12, 4, 6)
     assert train(cfg)["num_samples"] == 6
+
+
+def test_a_run_stores_its_folder_as_an_absolute_path_so_eval_works_from_elsewhere(tmp_path, monkeypatch):
+    from vitkit.cli import main
+    _folder(tmp_path / "ds", 4)
+    monkeypatch.chdir(tmp_path)
+    train(digits_config(tmp_path / "run", dataset="folder:ds", epochs=1, batch_size=4,
+                        model_kwargs={**DIGITS_MODEL, "in_chans": 1}))
+    stored = json.loads((tmp_path / "run" / CONFIG_NAME).read_text())
+    assert stored["dataset"] == f"folder:{(tmp_path / 'ds').resolve()}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--split", "train"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "1"]) == 0  # finished: evaluates again
 
 
 def test_a_folder_of_one_class_is_refused(tmp_path):

@@ -155,6 +155,21 @@ class TrainConfig:
             except ValueError as e:
                 raise VitkitError(f"randaugment: {e}") from None
 
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The same run with its existing input paths made absolute: the config stored in a run must
+        still find its data, teacher and weights when eval, resume or finetune start from elsewhere."""
+        def absolute(path: str | None) -> str | None:
+            if path is None or not Path(path).expanduser().exists():
+                return path  # a missing path is reported later, as typed
+            return str(Path(path).expanduser().resolve())
+
+        dataset = self.dataset
+        if dataset.startswith("folder:"):
+            dataset = "folder:" + absolute(dataset[len("folder:"):])
+        return dataclasses.replace(self, dataset=dataset, data_dir=absolute(self.data_dir),
+                                   init_from=absolute(self.init_from), backbone_from=absolute(self.backbone_from),
+                                   distill_from=absolute(self.distill_from))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
@@ -236,4 +251,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise VitkitError(f"{path}: a recipe must be a mapping of option: value")
+    odd = [repr(k) for k in data if not isinstance(k, str)]
+    if odd:  # e.g. `1: 0.5` at the top level, or `yes:` (YAML's True)
+        raise VitkitError(f"{path}: option names must be words, got {', '.join(odd)}")
     return {k.replace("-", "_"): v for k, v in data.items()}

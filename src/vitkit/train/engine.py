@@ -7,6 +7,7 @@ after epoch k and resumed ends exactly where the uninterrupted run ends.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -101,17 +102,24 @@ def _log(info: DistInfo, msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+# Fields that say what a run trains: a resumed run that changed one would mix two runs in one.
+RESUME_FIXED = ("model", "model_kwargs", "dataset", "data_dir", "img_size")
+
+
 class Trainer:
     """Holds a run's pieces; ``fit()`` runs the remaining epochs."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.info = init_distributed()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.with_absolute_paths()
         self.out = Path(cfg.output)
         self.precision = resolve_precision(cfg.precision)
         if cfg.batch_size % self.info.world_size:
             raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
         self.batch_per_rank = cfg.batch_size // self.info.world_size
+        state = load_train_state(self.out) if resume else None
+        if state is not None:
+            self._check_resumable(state)
         torch.manual_seed(cfg.seed)
         pretrained = self._pretrained() if cfg.init_from else None
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
@@ -145,8 +153,8 @@ class Trainer:
             raise VitkitError(f"{cfg.model}: {e}") from None
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
-        if resume:
-            self._restore()
+        if state is not None:
+            self._restore(state)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model)
         if cfg.compile:
             self.ddp = torch.compile(self.ddp)
@@ -214,8 +222,7 @@ class Trainer:
         return self.run_model.model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
                                              else self.cfg.model)
 
-    def _restore(self) -> None:
-        state = load_train_state(self.out)
+    def _restore(self, state: dict[str, Any]) -> None:
         if (self.ema is not None) != ("ema" in state):
             raise VitkitError(f"{self.out / STATE_NAME}: the run was trained {'with' if 'ema' in state else 'without'}"
                               f" an EMA of the weights; resume it with the same ema_decay setting")
@@ -229,6 +236,20 @@ class Trainer:
             raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({first})") from None
         self.progress = state["progress"]
         _log(self.info, f"resuming {self.out} after epoch {self.progress['epoch']}")
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """A resumed run may change how it goes on (epochs, learning rate, ...), not what it trains."""
+        given = {k: v for k, v in state.get("config", {}).items() if k in RESUME_FIXED}
+        stored = dataclasses.replace(self.cfg, **given).with_absolute_paths()  # a run older than absolute paths
+        changed = [k for k in given if getattr(stored, k) != getattr(self.cfg, k)]
+        if changed:
+            said = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            raise VitkitError(f"{self.out}: a resumed run trains the same model on the same data ({said}); "
+                              f"start a new run with --output, or fine-tune this one with `vitkit finetune`")
+        done = state["progress"]["epoch"]
+        if self.cfg.epochs < done:
+            raise VitkitError(f"{self.out}: this run has already trained {done} epochs, more than --epochs "
+                              f"{self.cfg.epochs}; give --epochs {done} or more")
 
     def _loader(self, epoch: int):
         return make_loader(self.train_ds, self.batch_per_rank, shuffle=True, seed=self.cfg.seed, epoch=epoch,
