@@ -150,6 +150,30 @@ def test_hf_vitmodel_pooler_is_pre_logits(transformers, tmp_path):
         assert max_diff(logits(model, x), hf(pixel_values=x).pooler_output) <= TOL
 
 
+@pytest.mark.parametrize("name", ["vit_mini_patch4_28", "sl_vit_mini_patch4_28", "vit_hybrid_resnet_mini_28"])
+def test_a_timm_file_written_by_vitkit_names_its_model(name, tmp_path):
+    """Width 128 with 4 heads (not the width/64 guess), SL-ViT and a hybrid load from the file alone."""
+    torch.manual_seed(0)
+    model = vitkit.create_model(name, num_classes=7).eval()
+    save_timm(model, tmp_path / "w.safetensors")
+    assert set(load_file(tmp_path / "w.safetensors")) == set(model.state_dict())  # timm's reader sees tensors only
+    back = load_model(tmp_path / "w.safetensors").eval()
+    assert type(back) is type(model)
+    assert {k: back.model_kwargs.get(k) for k in model.model_kwargs} == model.model_kwargs  # plus defaults
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert max_diff(back(x), model(x)) == 0
+
+
+def test_hf_preprocessor_config_with_one_number_for_all_channels(transformers, tmp_path):
+    hf = transformers.ViTModel(transformers.ViTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                                      intermediate_size=128, image_size=16, patch_size=4))
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text('{"image_mean": 0.5, "image_std": 0.25}')
+    meta = load_model(tmp_path).checkpoint_meta
+    assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.25] * 3
+
+
 def test_vitkit_to_hf_to_vitkit(transformers, tmp_path):
     torch.manual_seed(2)
     model = vitkit.create_model("vit_mini_patch4_28").eval()  # 4 heads: not the width/64 guess
@@ -253,16 +277,21 @@ def test_wrapped_state_dict_with_module_prefix(tmp_path):
     assert max_diff(logits(load_model(tmp_path / "ck.bin", num_heads=2), x), expected) <= TOL
 
 
+def _save_as_timm_does(model: torch.nn.Module, path: Path) -> None:
+    """timm's files hold tensors only: vitkit's header naming the model is left out."""
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+
+
 def test_head_count_guess_and_refusal(tmp_path):
-    save_timm(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "d128.safetensors")
+    _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "d128.safetensors")
     with pytest.warns(UserWarning, match="do not store the number of attention heads; assuming 2"):
         assert load_model(tmp_path / "d128.safetensors").blocks[0].attn.num_heads == 2  # 128 / 64
-    save_timm(vitkit.create_model("vit_mini_patch4_28", embed_dim=96, num_heads=4), tmp_path / "d96.safetensors")
+    _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28", embed_dim=96, num_heads=4), tmp_path / "d96.safetensors")
     with pytest.raises(VitkitError, match="num_heads"):
         load_model(tmp_path / "d96.safetensors")
     assert load_model(tmp_path / "d96.safetensors", num_heads=4).blocks[0].attn.num_heads == 4
-    save_timm(vitkit.create_model("vit_mini_patch4_28", embed_dim=1280, depth=1, num_heads=16),
-              tmp_path / "d1280.safetensors")
+    _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28", embed_dim=1280, depth=1, num_heads=16),
+                       tmp_path / "d1280.safetensors")
     with pytest.warns(UserWarning, match="assuming 16"):  # ViT-H's width: 16 heads of 80, not 1280 / 64
         assert load_model(tmp_path / "d1280.safetensors").blocks[0].attn.num_heads == 16
 

@@ -16,7 +16,7 @@ from ..errors import VitkitError
 from . import hf, native, npz, timm
 from .build import build_model
 from .checkpoint import Checkpoint
-from .files import read_json, read_tensors
+from .files import read_json, read_tensors, safetensors_metadata
 from .hf import save_hf, to_hf
 from .native import save_vitkit
 from .resample import resample_patch_embed
@@ -38,7 +38,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = path.parent / "config.json"
         return hf.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
     if timm.is_timm(tensors):
-        return timm.from_state_dict(tensors, str(path))
+        return timm.from_state_dict(tensors, str(path), safetensors_metadata(path))
     raise VitkitError(f"{path}: no ViT weights recognised (first tensor: {next(iter(tensors))})")
 
 

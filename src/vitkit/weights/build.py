@@ -41,8 +41,17 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
         raise VitkitError(f"{ckpt.source}: {e}") from None
     build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
     model = build(ckpt, name, base, overrides)
-    model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **ckpt.meta}
+    model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **_meta_after(ckpt.meta, model, overrides)}
     return model
+
+
+def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The file's metadata as it holds for the model built: an override of the input size or channels
+    is the model's now, and class names of a replaced head name nothing."""
+    meta = {**meta, **{k: overrides[k] for k in ("img_size", "in_chans") if k in meta and k in overrides}}
+    if "classes" in meta and len(meta["classes"]) != getattr(model, "num_classes", len(meta["classes"])):
+        meta.pop("classes")
+    return meta
 
 
 def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:

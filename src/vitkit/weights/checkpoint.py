@@ -1,6 +1,7 @@
 """What every reader hands to the model builder, whatever the file's layout."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,3 +23,32 @@ class Checkpoint:
     kwargs: dict[str, Any] = field(default_factory=dict)
     model_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# A safetensors header may carry strings; vitkit puts there what rebuilds the model, so a plain
+# weights file (timm layout) written by vitkit loads without --model, as its checkpoint folder does.
+_NAME, _KWARGS = "vitkit.model", "vitkit.model_kwargs"
+
+
+def architecture_metadata(model: Any) -> dict[str, str]:
+    """The registry name and keyword arguments of a model ``create_model`` built; {} for others."""
+    kwargs = getattr(model, "model_kwargs", None)
+    if kwargs is None:
+        return {}
+    return {_NAME: getattr(model, "model_name", None) or "", _KWARGS: json.dumps(kwargs)}
+
+
+def architecture_from_metadata(metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """(registry name, keyword arguments) from ``architecture_metadata``'s strings; (None, {}) without."""
+    if _KWARGS not in metadata:
+        return None, {}
+    return metadata.get(_NAME) or None, with_tuples(json.loads(metadata[_KWARGS]))
+
+
+def with_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments read back from JSON, which turns tuples (sizes, a backbone's stages) into lists."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(fix(x) for x in v)
+        return {k: fix(x) for k, x in v.items()} if isinstance(v, dict) else v
+    return fix(kwargs)

@@ -58,6 +58,15 @@ def read_tensors(path: str | Path) -> StateDict:
     return tensors
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string header of a safetensors file ({} for other kinds of file)."""
+    if sniff(Path(path)) != "safetensors":
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
 def _read_safetensors(path: Path) -> StateDict:
     from safetensors.torch import load_file
     try:

@@ -66,7 +66,8 @@ def read_folder(folder: Path) -> Checkpoint:
     """A ``save_pretrained`` folder: config.json plus model.safetensors or pytorch_model.bin (sharded or not)."""
     config = read_json(folder / "config.json")
     _check_config(config, str(folder))  # before reading weights that could not be used
-    return from_state_dict(_read_weights(folder), str(folder), config, _preprocessing(folder))
+    return from_state_dict(_read_weights(folder), str(folder), config,
+                           _preprocessing(folder, config.get("num_channels", 3)))
 
 
 def _read_weights(folder: Path) -> StateDict:
@@ -80,12 +81,14 @@ def _read_weights(folder: Path) -> StateDict:
     raise VitkitError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
 
 
-def _preprocessing(folder: Path) -> dict[str, Any]:
+def _preprocessing(folder: Path, channels: int) -> dict[str, Any]:
+    """mean/std as one value per channel; HF's processors also take a single number for all of them."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return {}
     cfg = read_json(path)
-    return {k: cfg[f"image_{k}"] for k in ("mean", "std") if f"image_{k}" in cfg}
+    stats = {k: cfg[f"image_{k}"] for k in ("mean", "std") if f"image_{k}" in cfg}
+    return {k: [float(v)] * channels if isinstance(v, (int, float)) else v for k, v in stats.items()}
 
 
 def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = None,

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import VitkitError
 from ..fileio import write_json
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, with_tuples
 from .files import read_json, read_tensors
 from .timm import save_timm
 
@@ -28,10 +28,7 @@ def is_native(config: dict[str, Any]) -> bool:
 def read_folder(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json")
     meta = {k: v for k, v in config.items() if k not in ("format", "model", "model_kwargs")}
-    kwargs = dict(config.get("model_kwargs") or {})
-    for key in ("img_size", "patch_size"):  # JSON turns tuples into lists
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
+    kwargs = with_tuples(dict(config.get("model_kwargs") or {}))
     return Checkpoint(read_tensors(folder / "model.safetensors"), str(folder), FORMAT, kwargs,
                       config.get("model"), meta)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, architecture_from_metadata, architecture_metadata
 from .files import StateDict
 
 
@@ -16,13 +16,16 @@ def is_timm(sd: StateDict) -> bool:
     return "patch_embed.proj.weight" in sd
 
 
-def from_state_dict(sd: StateDict, source: str) -> Checkpoint:
-    """Tensors vitkit lacks (register tokens, attention-pool heads) are left in, so loading names them."""
-    return Checkpoint(dict(sd), source, "timm")
+def from_state_dict(sd: StateDict, source: str, metadata: dict[str, str] | None = None) -> Checkpoint:
+    """Tensors vitkit lacks (register tokens, attention-pool heads) are left in, so loading names them.
+    A file vitkit wrote names its model in ``metadata`` (the safetensors header)."""
+    name, kwargs = architecture_from_metadata(metadata or {})
+    return Checkpoint(dict(sd), source, "timm", kwargs, name)
 
 
 def save_timm(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's weights under timm's names, for ``timm`` or any tool that reads its state dicts."""
+    """Write the model's weights under timm's names, for ``timm`` or any tool that reads its state dicts;
+    a safetensors file also names the vitkit model in its header (timm ignores it)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -30,4 +33,5 @@ def save_timm(model: nn.Module, path: str | Path) -> Path:
     if path.suffix in (".pth", ".pt", ".bin"):
         return atomic_write(path, lambda tmp: torch.save(sd, tmp))
     from safetensors.torch import save_file
-    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    metadata = {"format": "pt", **architecture_metadata(model)}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata))
