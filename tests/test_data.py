@@ -191,6 +191,17 @@ def test_folder_stratified_split_is_deterministic(tmp_path):
     assert not torch.equal(other.images, va.images)  # 1 in 100 chance of equality: fixed seeds, checked
 
 
+def test_linked_folders_are_followed_once_by_datasets_and_predict(tmp_path):
+    from vitkit.inference.predict import expand_inputs
+    root = _class_folders(tmp_path / "ds", n_per_class=2)
+    _class_folders(tmp_path / "more", n_per_class=3)
+    (root / "cat" / "linked").symlink_to(tmp_path / "more" / "cat", target_is_directory=True)
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)  # must not recurse for ever
+    assert load_dataset(f"folder:{root}", "train", img_size=8, val_fraction=0.0).targets.bincount().tolist() == [5, 2]
+    found = expand_inputs([root])
+    assert len(found) == 7 and sum("linked" in p.parts for p in found) == 3
+
+
 def test_folder_train_val_subfolders(tmp_path):
     root = tmp_path / "ds"
     _class_folders(root / "train", 3)

@@ -1,4 +1,5 @@
 """open_image: every odd mode decodes to the right 8-bit values; every bad file gives a clear error."""
+import os
 import struct
 import zlib
 
@@ -66,7 +67,9 @@ def _png_header(w: int, h: int) -> bytes:
 
 
 @pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "no such image file"),
+    (lambda p: None, r"not an image file \(no such file\)"),
+    (lambda p: p.mkdir(), r"not an image file \(a folder\)"),
+    (lambda p: os.mkfifo(p), r"not an image file \(a device or pipe\)"),  # reading it would block for ever
     (lambda p: p.write_bytes(b""), "empty"),
     (lambda p: p.write_bytes(b"hello, not a picture"), "unreadable image data"),
     (lambda p: p.write_bytes(_png_header(100_000, 100_000)), "too large"),

@@ -11,6 +11,7 @@ are decoded lazily in DataLoader workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,16 +133,11 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     samples, empty, unknown = [], [], []
     for label, name in enumerate(classes):
         n = len(samples)
-        for dirpath, dirnames, filenames in os.walk(root / name):
-            dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
-            for f in sorted(filenames):
-                path = Path(dirpath) / f
-                if _ignored(f):
-                    continue
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    samples.append((path, label))
-                else:
-                    unknown.append(str(path))
+        for path in files_under(root / name):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append((path, label))
+            else:
+                unknown.append(str(path))
         if len(samples) == n:
             empty.append(str(root / name))
     problems = ([f"empty class folder {p}" for p in empty]
@@ -149,6 +145,20 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if problems:
         raise VitkitError(_listing(f"{root}: {len(problems)} problem(s) in the dataset folder", problems))
     return classes, samples
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    """Every file under ``root`` that is not hidden or OS clutter, in sorted order; linked folders are
+    followed (a class assembled from links is common), each real folder once, so a link loop ends."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+        yield from (Path(dirpath) / f for f in sorted(filenames) if not _ignored(f))
 
 
 def _subdirs(d: Path) -> list[str]:

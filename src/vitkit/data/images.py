@@ -81,7 +81,8 @@ def open_header(path: str | os.PathLike, max_pixels: int | None = None) -> Image
     oversized files cheaply, before any pixel is decoded."""
     path = Path(path)
     if not path.is_file():
-        raise VitkitError(f"{path}: no such image file")
+        what = "a folder" if path.is_dir() else "a device or pipe" if path.exists() else "no such file"
+        raise VitkitError(f"{path}: not an image file ({what})")
     if path.stat().st_size == 0:
         raise VitkitError(f"{path}: the file is empty (0 bytes)")
     return _header(path, path, max_pixels)

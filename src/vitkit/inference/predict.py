@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..data import load_resized, normalize
+from ..data.folder import files_under
 from ..errors import VitkitError
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -31,7 +32,7 @@ class Prediction:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expanded recursively to every non-hidden file (sorted).
+    """Files as given; folders expanded recursively (linked folders too) to every non-hidden file.
 
     Files in a folder are not filtered by extension, so a file Pillow cannot read is
     reported rather than silently skipped.
@@ -39,8 +40,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(item).parts))
+            found = list(files_under(item))
             if not found:
                 raise VitkitError(f"{item}: folder holds no files")
             paths.extend(found)
