@@ -76,6 +76,35 @@ def test_bad_requests_get_a_clear_error(served, path, data, status, message):
     assert code == status and message in json.loads(body)["error"]
 
 
+def multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "vitkitBoundary42") -> tuple[bytes, str]:
+    """A form body as curl -F builds it: (field name, file name or None, content) per part."""
+    body = b""
+    for field, filename, content in fields:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "image/png" if filename else "text/plain"
+        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n"
+                 .encode() + content + b"\r\n")
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_form_upload_is_read_like_the_raw_image(served):
+    url = served[0]
+    image = png(Image.fromarray(np.random.default_rng(1).integers(0, 255, (20, 20), dtype=np.uint8)))
+    raw = json.loads(call(f"{url}/predict", image)[1])
+    body, content_type = multipart([("note", None, b"hello"), ("file", "shoe.png", image)])
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        answer = json.loads(r.read())
+    assert answer["name"] == "shoe.png" and answer["topk"] == raw["topk"]
+    body, content_type = multipart([("note", None, b"hello")])
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=30)
+    assert e.value.code == 400 and "the form holds no file" in json.loads(e.value.read())["error"]
+
+
 def test_explain_returns_the_image_beside_its_rollout_overlay(served):
     url = served[0]
     picture = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
@@ -165,6 +194,8 @@ def test_connections_past_the_cap_get_503_at_once(served):
     try:
         stalled = socket.create_connection(("127.0.0.1", server.server_port))  # sends nothing
         code, body = call(url + "/health")
+        assert code == 503 and "too many connections" in json.loads(body)["error"]
+        code, body = call(url + "/predict", b"\0" * 3_000_000)  # an upload still sending: a 503, not a reset
         assert code == 503 and "too many connections" in json.loads(body)["error"]
         stalled.close()
         for _ in range(50):  # the stalled connection's thread notices the close and frees its slot

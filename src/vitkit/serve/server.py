@@ -4,7 +4,8 @@
     GET  /health    {"status": "ok"}
     GET  /info      the checkpoint: classes, input size, runtime
     POST /predict   the request body is one image file, any format and mode Pillow reads
-                    (``curl --data-binary @cat.jpg``); ``?topk=K&name=cat.jpg`` optional
+                    (``curl --data-binary @cat.jpg``), or a form holding one (``curl -F file=@cat.jpg``);
+                    ``?topk=K&name=cat.jpg`` optional
                     -> {"name", "topk": [{"class", "prob"}, ...], "ms"}; ``&explain=1`` adds
                     "explanation": the /explain PNG as a data: URL (one upload for both)
                     a bad image -> 400 {"error": "cat.jpg: unreadable image data ..."}
@@ -17,12 +18,15 @@ can decode to gigabytes, so running two at once would only make both slower and 
 from __future__ import annotations
 
 import base64
+import email.policy
 import io
 import json
+import queue
 import socket
 import threading
 import time
 import traceback
+from email.parser import BytesParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -130,25 +134,41 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple, handler: type, max_connections: int = MAX_CONNECTIONS):
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused: queue.Queue[socket.socket] = queue.Queue(maxsize=max_connections)
+        threading.Thread(target=self._drain_refused, daemon=True).start()
         super().__init__(address, handler)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             body = json.dumps({"error": "too many connections; try again shortly"}).encode()
             try:
-                request.setblocking(False)
-                request.recv(65536)  # what has arrived: closing on unread data would reset the connection
-            except OSError:
-                pass
-            try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
                                 % (len(body), body))
-            except OSError:
-                pass
-            self.shutdown_request(request)
+                request.shutdown(socket.SHUT_WR)
+                self.refused.put_nowait(request)  # closing on an unread upload would reset the connection
+            except (OSError, queue.Full):
+                self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _drain_refused(self) -> None:
+        """One thread reads what refused clients still send (an upload, up to 2 s or 64 MB each), so they
+        finish sending and read their 503 instead of a connection reset; then closes them."""
+        while True:
+            request = self.refused.get()
+            try:
+                request.settimeout(0.5)
+                deadline, left = time.monotonic() + 2.0, 64 << 20
+                while time.monotonic() < deadline and left > 0:
+                    chunk = request.recv(1 << 16)
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            except OSError:
+                pass
+            finally:
+                request.close()
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
@@ -159,6 +179,17 @@ class _Server(ThreadingHTTPServer):
 
 class _IPv6Server(_Server):
     address_family = socket.AF_INET6
+
+
+def form_file(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """The first file of a multipart/form-data body, and its file name."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body)
+    for part in message.iter_parts() if message.is_multipart() else ():
+        if part.get_filename() is not None or part.get_content_maintype() == "image":
+            return part.get_filename() or "upload", part.get_payload(decode=True) or b""
+    raise VitkitError("the form holds no file: send one as a file field (curl -F file=@image.jpg), or the "
+                      "image itself as the request body (curl --data-binary @image.jpg)")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -198,6 +229,12 @@ class _Handler(BaseHTTPRequestHandler):
         data = self._body(name)
         if data is None:
             return
+        if self.headers.get_content_type() == "multipart/form-data":  # curl -F file=@cat.jpg, an HTML form
+            try:
+                form_name, data = form_file(self.headers["Content-Type"], data)
+            except VitkitError as e:
+                return self._error(HTTPStatus.BAD_REQUEST, str(e))
+            name = query.get("name", [form_name])[0]
         try:
             if url.path == "/explain":
                 self._send(HTTPStatus.OK, self.predictor.explain(data, name), "image/png")
