@@ -88,6 +88,22 @@ def test_explain_writes_report(run_dir, tmp_path, capsys):
     assert len(dist) == 2 and len(dist[0]) == 2
 
 
+def test_explain_limit_counts_images_not_batches(run_dir, tmp_path, monkeypatch):
+    import vitkit.explain
+    seen = []
+    figure = vitkit.explain.attention_distance_figure
+
+    def counting(model, batches, path):
+        return figure(model, (seen.append(len(b)) or b for b in batches), path)
+
+    monkeypatch.setattr(vitkit.explain, "attention_distance_figure", counting)
+    for limit in (70, 5):
+        seen.clear()
+        assert main(["explain", "--checkpoint", str(run_dir), "--figure", "attention-distance", "--limit",
+                     str(limit), "--out", str(tmp_path / "d")]) == 0
+        assert sum(seen) == limit
+
+
 def test_convert_round_trip(run_dir, tmp_path, capsys):
     """Through HF and back, the normalisation too (preprocessor_config.json): the same accuracy."""
     assert main(["convert", str(run_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
@@ -101,6 +117,20 @@ def test_convert_round_trip(run_dir, tmp_path, capsys):
                      "--out", str(tmp_path / "e")]) == 0
         top1.append(json.loads(capsys.readouterr().out)["top1"])
     assert top1[0] == top1[1]
+
+
+def test_convert_with_a_new_size_or_head_writes_what_the_model_now_is(run_dir, tmp_path, capsys):
+    from PIL import Image
+    Image.new("L", (16, 16), 90).save(tmp_path / "a.png")
+    for key, value in (("img_size", 32), ("num_classes", 3)):
+        out = tmp_path / key
+        assert main(["convert", str(run_dir), str(out), "--set", f"{key}={value}"]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["img_size"] == (32 if key == "img_size" else 16)
+        assert ("classes" in config) == (key == "img_size")  # a new head's classes have no names yet
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(out), str(tmp_path / "a.png")]) == 0
+        assert capsys.readouterr().out.count("%") == (5 if key == "img_size" else 3)
 
 
 def test_set_overrides_any_recipe_field_including_ones_with_flags(tmp_path):
@@ -123,6 +153,8 @@ def test_models_lists_counts(capsys):
     (["eval", "--checkpoint", "/nonexistent/run"], "/nonexistent/run"),
     (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "/nonexistent/run"),
     (["predict", "--checkpoint", "exported.onnx", "--runtime", "onnx", "x.png"], "--onnx exported.onnx"),
+    (["predict", "--checkpoint", "run", "--runtime", "onnx", "--precision", "bf16", "x.png"],
+     "--precision bf16 applies to the torch runtime"),
     (["train", "--dataset", "folder:/no/such/folder", "--epochs", "1"], "/no/such/folder"),
     (["train", "--config", "/no/recipe.yaml"], "/no/recipe.yaml"),
     (["models", "swin*"], "no model matches"),

@@ -236,6 +236,9 @@ def _onnx_file(args: argparse.Namespace) -> Path | None:
     """The ONNX file --onnx / --runtime onnx ask for (None: run the checkpoint in PyTorch)."""
     if not (args.onnx or args.runtime == "onnx"):
         return None
+    if args.precision != "auto":  # the file's own graph runs as exported, in fp32
+        raise VitkitError(f"--precision {args.precision} applies to the torch runtime; ONNX Runtime runs the "
+                          "exported fp32 graph: drop --precision, or drop --runtime onnx / --onnx")
     return Path(args.onnx or Path(args.checkpoint) / "model.onnx")
 
 
@@ -378,8 +381,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
         ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
                           img_size=cfg["img_size"], in_chans=cfg["in_chans"])
-        loader = make_loader(ds, 64, shuffle=True, seed=0)
-        batches = (normalize(x, cfg["mean"], cfg["std"]) for x, _ in islice(loader, -(-args.limit // 64)))
+        batch = min(64, args.limit)
+        loader = make_loader(ds, batch, shuffle=True, seed=0)  # the last batch cut so that exactly --limit count
+        batches = (normalize(x[: args.limit - i * batch], cfg["mean"], cfg["std"])
+                   for i, (x, _) in enumerate(islice(loader, -(-args.limit // batch))))
         dist = attention_distance_figure(model, batches, out / "attention_distance.png")
         (out / "attention_distance.json").write_text(json.dumps({"mean_distance_px": dist.tolist()}))
         print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
