@@ -1,5 +1,7 @@
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,3 +20,13 @@ def fixtures_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def vit_pytorch_file(name: str) -> ModuleType:
+    """One module of vit-pytorch (an independent implementation to test against), loaded alone:
+    its package __init__ imports torchvision, which does not import with this CPU torch."""
+    path = Path(importlib.util.find_spec("vit_pytorch").origin).parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_vit_pytorch_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,9 +3,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import vit_pytorch_file
+
 import vitkit
 from vitkit.models import (Attention, DropPath, PatchDropout, VisionTransformer, model_param_count,
                            resample_abs_pos_embed)
+from vitkit.models.pos_embed import sincos_2d_pos_embed
+from vitkit.weights import load_model, save_vitkit
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10)
 
@@ -302,3 +306,22 @@ def test_non_square_grid_resample_keeps_prefix():
     assert out.shape == (1, 1 + 24, 8)
     assert torch.equal(out[:, :1], pos[:, :1])
     assert torch.equal(resample_abs_pos_embed(pos, (4, 6), old_size=(4, 6)), pos)
+
+
+def test_sincos_pos_embed_equals_vit_pytorch_and_is_fixed(tmp_path):
+    """Fixed 2-D sin-cos embeddings, against vit-pytorch's SimpleViT (Beyer et al. 2022)."""
+    reference = vit_pytorch_file("simple_vit").posemb_sincos_2d(7, 5, 64)  # a non-square grid
+    torch.testing.assert_close(sincos_2d_pos_embed((7, 5), 64)[0], reference, atol=1e-6, rtol=0)
+    model = vitkit.create_model("vit_mini_patch4_28", img_size=(28, 20), pos_embed="sincos")
+    assert "pos_embed" not in dict(model.named_parameters()) and "pos_embed" in model.state_dict()
+    assert torch.equal(model.pos_embed[:, 0], torch.zeros(1, 128))  # the [class] token's: zeros, as in MAE
+    assert torch.equal(model.pos_embed[:, 1:], sincos_2d_pos_embed((7, 5), 128))
+    save_vitkit(model, tmp_path / "run")
+    back, x = load_model(tmp_path / "run").eval(), torch.randn(2, 1, 28, 20)
+    assert "pos_embed" not in dict(back.named_parameters())  # still fixed when fine-tuned from the file
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model.eval()(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="pos_embed must be 'learn' or 'sincos'"):
+        VisionTransformer(**TINY, pos_embed="rope")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_pos_embed((2, 2), 66)

@@ -1,28 +1,17 @@
 """SL-ViT: shifted patch tokens and locality self-attention, checked against vit-pytorch's
 ``vit_for_small_dataset`` (an independent implementation of the same paper)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+
+from conftest import vit_pytorch_file
 
 import vitkit
 from vitkit.errors import VitkitError
 from vitkit.models.sl_vit import LocalitySelfAttention, ShiftedPatchEmbed
 from vitkit.weights import load_model, save_vitkit
 
-
-def _vit_pytorch_file(name: str):
-    """One module of vit-pytorch, loaded alone: its package __init__ imports torchvision."""
-    path = Path(importlib.util.find_spec("vit_pytorch").origin).parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_vit_pytorch_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-small_dataset = _vit_pytorch_file("vit_for_small_dataset")
+small_dataset = vit_pytorch_file("vit_for_small_dataset")
 LSA, SPT = small_dataset.LSA, small_dataset.SPT
 
 

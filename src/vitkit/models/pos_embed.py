@@ -1,4 +1,4 @@
-"""Resample learned position embeddings to a new patch grid.
+"""Position embeddings: fixed 2-D sin-cos ones, and resampling learned ones to a new patch grid.
 
 Fine-tuning at a higher resolution keeps the patch size, so the grid grows and the
 learned 1-D embeddings are read as a 2-D map and interpolated (ViT paper, Sec. 3.2).
@@ -33,3 +33,17 @@ def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size: tuple[int, int],
     grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d_pos_embed(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """[1, H*W, D] fixed embeddings: a quarter of the channels each for sin/cos of x and y at
+    geometric frequencies (MAE; "Better plain ViT baselines", Beyer et al. 2022, which found them
+    as good as learned ones), laid out as vit-pytorch's ``posemb_sincos_2d``. Nothing to learn: a
+    short run spends no epochs discovering that neighbouring patches are near."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+    y, x = torch.meshgrid(torch.arange(grid_size[0]), torch.arange(grid_size[1]), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4) / max(dim // 4 - 1, 1))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1).float()[None]

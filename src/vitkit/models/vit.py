@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .layers import Attention, AttentionPoolLatent, Block, PatchDropout, PatchEmbed
-from .pos_embed import resample_abs_pos_embed
+from .pos_embed import resample_abs_pos_embed, sincos_2d_pos_embed
 
 GlobalPool = Literal["token", "avg", "map", ""]
+PosEmbed = Literal["learn", "sincos"]
 WEIGHT_INITS = ("", "mimetic")  # and "skip": no init, for weights about to be loaded
 
 
@@ -29,6 +30,8 @@ class VisionTransformer(nn.Module):
     embedding (the hybrid's CNN stem); it takes PatchEmbed's keyword arguments. ``attn_layer``
     swaps every block's attention for a subclass of ``Attention`` (SL-ViT's locality attention).
     ``patch_drop_rate`` trains on a random share of each image's patch tokens (``PatchDropout``).
+    ``pos_embed="sincos"`` fixes the position embeddings to 2-D sin-cos ones (a buffer, still saved
+    as ``pos_embed``; prefix tokens get zeros, as in MAE) instead of learning them.
     ``weight_init="mimetic"`` starts attention from the products pretrained ViTs learn
     (``Attention.init_mimetic``); ``"skip"`` leaves parameters uninitialised for loading.
     """
@@ -40,7 +43,7 @@ class VisionTransformer(nn.Module):
                  representation_size: int | None = None, dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
-                 norm_eps: float = 1e-6,
+                 norm_eps: float = 1e-6, pos_embed: PosEmbed = "learn",
                  weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed,
                  attn_layer: type[Attention] = Attention):
         super().__init__()
@@ -48,6 +51,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'token', 'avg', 'map' or '', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if pos_embed not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.embed_dim = embed_dim
@@ -58,7 +63,12 @@ class VisionTransformer(nn.Module):
         self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                        embed_dim=embed_dim, strict_img_size=not dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        if pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens,
+                                                      embed_dim))
+        else:
+            prefix = torch.zeros(1, self.num_prefix_tokens, embed_dim)
+            self.register_buffer("pos_embed", torch.cat([prefix, sincos_2d_pos_embed(self.grid_size, embed_dim)], 1))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.patch_drop: nn.Module = nn.Identity()
         self.set_patch_drop_rate(patch_drop_rate)
@@ -87,7 +97,8 @@ class VisionTransformer(nn.Module):
         ``mode="mimetic"`` then gives every attention layer ``Attention.init_mimetic``."""
         if mode not in WEIGHT_INITS:
             raise ValueError(f"weight_init must be one of {', '.join(map(repr, WEIGHT_INITS))}, got {mode!r}")
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():
