@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from vitkit.data import normalize
 from vitkit.train import train
 from vitkit.train.distill import Teacher, TrainingLoss, classification_loss, distillation_loss
 from vitkit.train.ema import create_ema
@@ -51,12 +52,13 @@ def test_soft_distillation_is_kl_at_temperature_times_tau_squared(tau):
 def test_distillation_blends_class_head_and_distillation_head():
     labels = torch.tensor([0, 1])
     cls_out, dist_out = STUDENT, STUDENT.flip(1)
-    teacher = lambda x: TEACHER  # noqa: E731  (any callable on the input)
-    loss = TrainingLoss(label_smoothing=0.0, teacher=teacher, mode="hard", alpha=0.3)
+    loss = TrainingLoss(label_smoothing=0.0, mode="hard", alpha=0.3)
     want = 0.7 * classification_loss(cls_out, labels) + 0.3 * distillation_loss(dist_out, TEACHER, "hard")
-    assert loss((cls_out, dist_out), labels, torch.zeros(2, 1, 4, 4)).item() == pytest.approx(want.item())
-    plain = TrainingLoss(label_smoothing=0.0)
-    assert plain(STUDENT, labels, None).item() == pytest.approx(classification_loss(STUDENT, labels).item())
+    assert loss((cls_out, dist_out), labels, TEACHER).item() == pytest.approx(want.item())
+    # one head: both terms on it; no teacher: plain cross-entropy
+    want = 0.7 * classification_loss(STUDENT, labels) + 0.3 * distillation_loss(STUDENT, TEACHER, "hard")
+    assert loss(STUDENT, labels, TEACHER).item() == pytest.approx(want.item())
+    assert loss(STUDENT, labels).item() == pytest.approx(classification_loss(STUDENT, labels).item())
 
 
 def test_teacher_renormalises_and_resizes_the_students_input():
@@ -119,6 +121,50 @@ def test_distillation_run_from_a_cnn_teacher(tmp_path):
     from vitkit.train import load_checkpoint
     student, _ = load_checkpoint(tmp_path / "student")
     assert student.dist_token is not None and student.head_dist.out_features == 10
+
+
+def test_cached_teacher_outputs_are_the_teachers_on_each_batch(tmp_path):
+    """distill_cache looks up, for each batch of a shuffled epoch, what the live teacher computes
+    on that batch's (here unaugmented) images, and the mirror-averaged outputs under flips."""
+    from vitkit.train.engine import Trainer
+    train(digits_config(tmp_path / "t", epochs=1))
+    cfg = digits_config(tmp_path / "s", epochs=2, distill_from=str(tmp_path / "t"), distill="soft",
+                        distill_cache=True, crop_padding=0, hflip=False, batch_size=64)
+    trainer = Trainer(cfg)
+    trainer.teacher_cache = trainer._cache_teacher()
+    assert trainer.teacher_cache.shape == (len(trainer.train_ds), 10)
+    loader = trainer._loader(1)
+    order = loader.sampler.indices()
+    for batch, (images, labels) in zip(range(3), loader):
+        x, _ = trainer._inputs(images, labels)
+        with torch.inference_mode():
+            live = trainer.teacher(x).float()
+        torch.testing.assert_close(trainer._teacher_logits(x, order, batch), live, atol=1e-4, rtol=1e-4)
+    flipped = Trainer(digits_config(tmp_path / "f", epochs=1, distill_from=str(tmp_path / "t"), distill_cache=True,
+                                    hflip=True))
+    x = normalize(flipped.train_ds.images[:5], flipped.mean, flipped.std)
+    with torch.inference_mode():
+        want = (flipped.teacher(x).float() + flipped.teacher(x.flip(-1)).float()) / 2
+    torch.testing.assert_close(flipped._cache_teacher()[:5], want, atol=1e-4, rtol=1e-4)
+
+
+def test_distill_cache_run_learns_and_counts_the_teachers_time(tmp_path):
+    train(digits_config(tmp_path / "t", epochs=2))
+    report = train(digits_config(tmp_path / "s", epochs=2, distill_from=str(tmp_path / "t"), distill="soft",
+                                 distill_tau=2.0, distill_cache=True))
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert report["top1"] > 0.2  # chance 0.10
+    assert report["train_seconds"] > sum(r["epoch_seconds"] for r in rows)  # the teacher's pass is counted
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (dict(distill_cache=True), "give distill_from"),
+    (dict(distill_cache=True, distill_from="runs/t", mixup=0.8), "Mixup/CutMix"),
+])
+def test_distill_cache_needs_a_teacher_and_no_mixing(tmp_path, override, fragment):
+    from vitkit.errors import VitkitError
+    with pytest.raises(VitkitError, match=fragment):
+        digits_config(tmp_path, **override)
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path):

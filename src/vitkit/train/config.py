@@ -53,6 +53,7 @@ class TrainConfig:
     distill: str = "hard"            # hard | soft
     distill_alpha: float = 0.5       # weight of the teacher's loss
     distill_tau: float = 1.0         # soft distillation temperature
+    distill_cache: bool = False      # the teacher's outputs on the unaugmented training images, computed once
     val_fraction: float = 0.1        # folder datasets without a val/ folder
     mean: list[float] | None = None  # input normalisation per channel (default: the pretrained weights', else
     std: list[float] | None = None   # the dataset's; timm files store none: DeiT's are ImageNet's, AugReg's 0.5)
@@ -135,6 +136,11 @@ class TrainConfig:
                 raise VitkitError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.distill not in ("hard", "soft"):
             raise VitkitError(f"distill must be hard or soft, got {self.distill!r}")
+        if self.distill_cache and not self.distill_from:
+            raise VitkitError("distill_cache caches a teacher's outputs: give distill_from too")
+        if self.distill_cache and (self.mixup or self.cutmix):
+            raise VitkitError("distill_cache: the teacher's outputs on unmixed images do not describe Mixup/CutMix "
+                              "batches; turn distill_cache off (the teacher then sees each mixed batch)")
         if self.repeated_aug < 1:
             raise VitkitError(f"repeated_aug must be at least 1, got {self.repeated_aug}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -8,7 +8,11 @@ while the [class] token's head learns from the labels:
 with L_teacher either *hard* (cross-entropy with the teacher's argmax, DeiT's best) or
 *soft* (KL divergence at temperature tau, scaled by tau^2 as in Hinton et al., 2015;
 DeiT's code further divides by the number of classes, which only rescales alpha).
-The teacher sees exactly the student's (augmented, mixed) input, as in DeiT.
+The teacher sees exactly the student's (augmented, mixed) input, as in DeiT, unless its
+outputs are cached: ``distill_cache`` runs the teacher once over the unaugmented training
+images (and their mirror images) before training, which makes distillation nearly free when
+the teacher costs more than the student's step and the augmentation is light (a pixel's
+crop, flips), as with a ViT teacher for a ViT student trained on a share of its patches.
 """
 from __future__ import annotations
 
@@ -67,25 +71,26 @@ class Teacher(nn.Module):
 
 
 class TrainingLoss(nn.Module):
-    """The loss of one step from the model's output, the (possibly mixed) targets and the input.
+    """The loss of one step from the model's output, the (possibly mixed) targets and the teacher's logits.
 
-    Without a teacher the output is one logits tensor. With a teacher it is the distilled
-    model's pair (class head, distillation head); a model with a single head is taught by
-    blending both losses on that head (classic knowledge distillation).
+    Without a teacher the output is one logits tensor. With one it is the distilled model's
+    pair (class head, distillation head); a model with a single head is taught by blending
+    both losses on that head (classic knowledge distillation). The caller supplies the
+    teacher's logits, computed on the batch or looked up from a cache (``Trainer``).
     """
 
-    def __init__(self, label_smoothing: float = 0.0, teacher: Teacher | None = None,
-                 mode: DistillMode = "hard", alpha: float = 0.5, tau: float = 1.0):
+    def __init__(self, label_smoothing: float = 0.0, mode: DistillMode = "hard", alpha: float = 0.5,
+                 tau: float = 1.0):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
-        self.label_smoothing, self.teacher, self.mode, self.alpha, self.tau = label_smoothing, teacher, mode, alpha, tau
+        self.label_smoothing, self.mode, self.alpha, self.tau = label_smoothing, mode, alpha, tau
 
     def forward(self, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor,
-                inputs: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
+                teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if teacher_logits is None:
             return classification_loss(output, targets, self.label_smoothing)
         cls_out, dist_out = output if isinstance(output, tuple) else (output, output)
         base = classification_loss(cls_out, targets, self.label_smoothing)
-        distill = distillation_loss(dist_out, self.teacher(inputs), self.mode, self.tau)
+        distill = distillation_loss(dist_out, teacher_logits, self.mode, self.tau)
         return (1 - self.alpha) * base + self.alpha * distill

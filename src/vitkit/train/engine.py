@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .distill import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .ema import create_ema
-from .evaluate import evaluate_dataset
+from .evaluate import evaluate_dataset, predict_logits
 from .finetune import freeze_body, init_backbone, input_geometry, load_pretrained, replace_head
 from .fp32_linear import onednn_pays_off, use_onednn_linears
 from .optim import cosine_lr, create_optimizer, set_lr
@@ -144,6 +144,8 @@ class Trainer:
         if cfg.patch_drop_schedule and not hasattr(self.model, "set_patch_drop_rate"):
             raise VitkitError(f"{cfg.model}: patch_drop_schedule needs a ViT (patch tokens to drop)")
         self.augment, self.mixup = self._augmentation()
+        self.teacher = self._teacher() if cfg.distill_from else None
+        self.teacher_cache: torch.Tensor | None = None  # filled by fit() with distill_cache
         self.criterion = self._criterion()
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
         try:
@@ -185,15 +187,14 @@ class Trainer:
         """Cross-entropy, plus the teacher's term when distilling: on the distillation head of a
         ``deit_*_distilled_*`` model, else blended on the single head (classic knowledge distillation)."""
         cfg = self.cfg
-        teacher = self._teacher() if cfg.distill_from else None
-        if teacher is not None and hasattr(self.model, "set_distilled_training"):
+        if self.teacher is not None and hasattr(self.model, "set_distilled_training"):
             try:
                 self.model.set_distilled_training(True)
             except ValueError as e:
                 raise VitkitError(f"--distill-from: {e}") from None
-        elif teacher is not None:
+        elif self.teacher is not None:
             _log(self.info, f"{cfg.model} has no distillation token: the teacher's loss is blended on its one head")
-        return TrainingLoss(cfg.label_smoothing, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+        return TrainingLoss(cfg.label_smoothing, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
 
     def _teacher(self) -> Teacher:
         """The frozen teacher of DeiT distillation; it must predict this dataset's classes."""
@@ -210,6 +211,24 @@ class Trainer:
                               f"the student {self.in_chans}")
         model = model.to(memory_format=torch.channels_last)
         return Teacher(model, (self.mean, self.std), (meta["mean"], meta["std"]), meta["img_size"])
+
+    def _cache_teacher(self) -> torch.Tensor:
+        """The teacher's logits for every training image, in dataset order: of the image and its
+        mirror image averaged when the student is trained on flips."""
+        loader = make_loader(self.train_ds, max(self.cfg.batch_size, 256), shuffle=False, num_workers=self.cfg.workers)
+        with tqdm(total=len(self.train_ds), desc="teacher outputs", disable=not self.info.is_main, leave=False,
+                  file=sys.stderr) as bar:
+            logits, _ = predict_logits(self.teacher, loader, self.mean, self.std, self.precision, bar,
+                                       flip_tta=self.cfg.hflip)
+        return logits
+
+    def _teacher_logits(self, x: torch.Tensor, order: torch.Tensor, batch: int) -> torch.Tensor | None:
+        """The teacher's logits for batch number ``batch`` of an epoch whose sample order is ``order``."""
+        if self.teacher is None:
+            return None
+        if self.teacher_cache is not None:
+            return self.teacher_cache[order[batch * self.batch_per_rank:(batch + 1) * self.batch_per_rank]]
+        return self.teacher(x)
 
     @property
     def run_model(self) -> nn.Module:
@@ -280,13 +299,14 @@ class Trainer:
         total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main,
                    mininterval=0.5 if sys.stderr.isatty() else 30, leave=False, file=sys.stderr)
+        order = loader.sampler.indices()  # both loaders yield their sampler's order, batch by batch
         loss_sum, n = torch.zeros(()), 0
-        for images, labels in bar:
+        for batch, (images, labels) in enumerate(bar):
             lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
             set_lr(self.optimizer, lr)
             x, targets = self._inputs(images, labels)
             with autocast(self.precision):
-                loss = self.criterion(model(x), targets, x)
+                loss = self.criterion(model(x), targets, self._teacher_logits(x, order, batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -353,6 +373,12 @@ class Trainer:
             _log(self.info, f"training {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on "
                             f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, "
                             f"{self.precision}, {self.info.world_size} process(es), {torch.get_num_threads()} threads")
+        if self.cfg.distill_cache and self.progress["epoch"] < self.cfg.epochs:
+            start = time.perf_counter()
+            self.teacher_cache = self._cache_teacher()
+            seconds = time.perf_counter() - start
+            self.progress["train_seconds"] += seconds  # part of what training costs
+            _log(self.info, f"teacher's outputs on {len(self.teacher_cache)} training images cached in {seconds:.0f}s")
         for epoch in range(self.progress["epoch"], self.cfg.epochs):
             start = time.perf_counter()
             train_loss = self.train_one_epoch(epoch)
