@@ -48,8 +48,16 @@ DEIT_OPTIONS = dict(ema_decay=0.9, mixup=0.8, cutmix=1.0, repeated_aug=2, randau
                    reprob=0.25, crop_padding=1, label_smoothing=0.1)
 
 
-@pytest.mark.parametrize("options", [{}, DEIT_OPTIONS], ids=["plain", "deit-recipe-with-ema"])
+CACHED_TEACHER_OPTIONS = dict(distill="soft", distill_tau=2.0, distill_cache=True, crop_padding=1, hflip=True)
+
+
+@pytest.mark.parametrize("options", [{}, DEIT_OPTIONS, CACHED_TEACHER_OPTIONS],
+                         ids=["plain", "deit-recipe-with-ema", "cached-teacher"])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, options):
+    if options.get("distill_cache"):  # the resumed run computes the teacher's outputs afresh
+        train(globals()["digits_config"](tmp_path / "teacher", epochs=1))
+        options = {**options, "distill_from": str(tmp_path / "teacher")}
+
     def digits_config(out, **kw):  # noqa: F811 - the module's, with the options under test
         return globals()["digits_config"](out, **options, **kw)
 
