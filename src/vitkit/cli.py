@@ -146,7 +146,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="weights, data order and augmentation")
     p.add_argument("--workers", type=int, help="data-loading processes for image folders")
     p.add_argument("--distill-from", metavar="TEACHER", help="teacher checkpoint for DeiT distillation (a vitkit "
-                   "folder, e.g. a CNN trained with recipes/fmnist-cnn.yaml); the model should be a deit_*_distilled_*")
+                   "folder, e.g. a CNN trained with recipes/fmnist-cnn.yaml): a deit_*_distilled_* model learns it "
+                   "on its distillation token, any other model on its one head; --set distill_cache=true runs the "
+                   "teacher once over the training images instead of on every batch")
     p.add_argument("--distill", choices=["hard", "soft"], help="distillation loss (default hard, DeiT's best)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set clip_grad=0.5 (repeatable)")
