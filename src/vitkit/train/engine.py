@@ -222,7 +222,7 @@ class Trainer:
                                        flip_tta=self.cfg.hflip)
         return logits
 
-    def _teacher_logits(self, x: torch.Tensor, order: torch.Tensor, batch: int) -> torch.Tensor | None:
+    def _teacher_logits(self, x: torch.Tensor, order: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The teacher's logits for batch number ``batch`` of an epoch whose sample order is ``order``."""
         if self.teacher is None:
             return None
@@ -299,7 +299,8 @@ class Trainer:
         total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main,
                    mininterval=0.5 if sys.stderr.isatty() else 30, leave=False, file=sys.stderr)
-        order = loader.sampler.indices()  # both loaders yield their sampler's order, batch by batch
+        # both loaders yield their sampler's order, batch by batch: a cached teacher looks its outputs up by it
+        order = loader.sampler.indices() if self.teacher_cache is not None else None
         loss_sum, n = torch.zeros(()), 0
         for batch, (images, labels) in enumerate(bar):
             lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
