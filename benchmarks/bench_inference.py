@@ -34,6 +34,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import lucidrains_vit, hf_vit, peers  # noqa: E402
 
+from vitkit.allocator import keep_freed_memory  # noqa: E402
 from vitkit.inference import prepare_for_inference  # noqa: E402
 from vitkit.models import create_model  # noqa: E402
 from vitkit.train.fp32_linear import onednn_pays_off, use_onednn_linears  # noqa: E402
@@ -239,15 +240,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--part", choices=("all", "inference", "training"), default="all")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--out", default=None, help="results file name (default: cpu_quick.json / cpu.json)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="raise glibc's malloc thresholds first, as `vitkit train` does (process-wide: every contender)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     started = time.time()
     gemm_start = gemm_rates()
     print(f"GEMM at start: {gemm_start['fp32']:.0f} GFLOP/s fp32, {gemm_start['bf16']:.0f} bf16", flush=True)
     result: dict = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(),
-                        load_avg_start=os.getloadavg(), quick=args.quick)
+                        load_avg_start=os.getloadavg(), quick=args.quick,
+                        keep_freed_memory=kept)
     inference = bench_inference(args.quick) if args.part in ("all", "inference") else []
     training = bench_training(args.quick) if args.part in ("all", "training") else []
     gemm_end = gemm_rates()

@@ -160,9 +160,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .train import evaluate_dataset, load_checkpoint, resolve_precision
+    from .allocator import keep_freed_memory
     from .fileio import write_json
     from .train.plots import plot_confusion
 
+    keep_freed_memory()
     model, cfg = load_checkpoint(args.checkpoint)
     spec = args.dataset or cfg.get("dataset")
     if not spec:
