@@ -5,8 +5,9 @@ returns a freed block to the OS when it was mapped on its own (over the mmap thr
 grows up to 32 MiB) or when the free space at the top of its heap passes the trim threshold;
 the next step then page-faults those pages in again, 4 KiB at a time, and the threads of one
 process take their faults in turn. On the AMD EPYC of benchmarks/README.md the Fashion-MNIST
-ViT's training step took 15,000-90,000 page faults and, with both thresholds raised, about
-none, and ran 1.2-1.3x faster (eager and compiled, on all tokens and on a quarter of them).
+ViT's training step took 15,000-90,000 page faults in a fresh process and, with both thresholds
+raised, about none, and ran ~1.2x faster (eager and compiled); a trainer's epoch gained 1.05-1.13x
+(loading the dataset had already raised glibc's own dynamic threshold in that process).
 
 The cost: a process keeps up to its peak of freed memory in its heap (at most ``TRIM_BYTES``
 beyond what it uses), which suits a training or evaluation process that needs that peak again
@@ -39,7 +40,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
+        _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
     except (OSError, AttributeError):
         return False
     return _applied
