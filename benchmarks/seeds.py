@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from recipes import ROOT, _shown  # benchmarks/ is on sys.path when run as a script
 
 
 def summarise(name: str, folders: list[Path]) -> dict:
@@ -20,8 +20,7 @@ def summarise(name: str, folders: list[Path]) -> dict:
     for folder in folders:
         report = json.loads((folder / "eval.json").read_text())
         recipe = json.loads((folder / "config.json").read_text())["recipe"]
-        runs.append(dict(folder=str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT)
-                         else str(folder), seed=recipe["seed"], top1=report["top1"],
+        runs.append(dict(folder=_shown(str(folder.resolve())), seed=recipe["seed"], top1=report["top1"],
                          train_minutes=report["train_seconds"] / 60, cpu=report.get("cpu")))
     top1 = [r["top1"] for r in runs]
     return dict(recipe=f"recipes/{name}.yaml", runs=runs, mean_top1=statistics.mean(top1),
