@@ -26,9 +26,11 @@ def faults_per_allocation():
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return counts[-4:]  # the heap settles within about 8 rounds (posix_memalign pads each request)
 
-default = min(faults_per_allocation())
+from vitkit.allocator import freed_memory_kept
+default, state_before = min(faults_per_allocation()), freed_memory_kept()
 kept = vitkit.keep_freed_memory()
-print(json.dumps(dict(default=default, kept=kept, after=max(faults_per_allocation()))))
+print(json.dumps(dict(default=default, kept=kept, after=max(faults_per_allocation()),
+                      state_before=state_before, state_after=freed_memory_kept())))
 """
 
 
@@ -41,11 +43,12 @@ def _probe(**env: str) -> dict:
 def test_freed_blocks_are_reused_without_page_faults():
     result = _probe(VITKIT_KEEP_FREED_MEMORY="1")
     assert result["kept"] is True
+    assert result["state_before"] is False and result["state_after"] is True
     assert result["default"] > 10_000  # 12,288 pages of 4 KiB mapped afresh each time
     assert result["after"] < 100
 
 
 def test_opting_out_leaves_malloc_as_it_is():
     result = _probe(VITKIT_KEEP_FREED_MEMORY="0")
-    assert result["kept"] is False
+    assert result["kept"] is False and result["state_after"] is False
     assert result["after"] > 10_000

@@ -94,16 +94,19 @@ def test_int8_agrees_with_fp32(model, images, reference):
     assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
 
 
-def test_big_batches_run_in_slices_with_the_same_result():
+def test_big_batches_run_in_slices_with_the_same_result(monkeypatch):
     """ViT-B/16's fp32 MLP activations (2.4 MB per image) would pass 24 MiB beyond 10 images."""
     big = create_model("vit_base_patch16_224", depth=1)
     assert slice_size(big, "fp32") == 10 and slice_size(big, "bf16") == 20
     assert slice_size(create_model("vit_mini_patch4_28"), "fp32") > 256
     assert slice_size(create_model("resnet_mini_28"), "fp32") is None
+    monkeypatch.setattr("vitkit.inference.prepare.freed_memory_kept", lambda: False)
     fast = prepare_for_inference(big, "fp32")
+    assert fast.slice_images == 10
     x = torch.randn(23, 3, 224, 224)
-    whole = prepare_for_inference(big, "fp32")
-    whole.slice_images = None
+    monkeypatch.setattr("vitkit.inference.prepare.freed_memory_kept", lambda: True)
+    whole = prepare_for_inference(big, "fp32")  # a process keeping freed memory takes no faults: whole batches
+    assert whole.slice_images is None
     torch.testing.assert_close(fast(x), whole(x), atol=1e-4, rtol=1e-4)  # 3 slices of 8, 8, 7
 
 

@@ -31,7 +31,8 @@ def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True when they are in force.
 
     A no-op (False) off glibc (macOS, Windows, musl) or with ``VITKIT_KEEP_FREED_MEMORY=0``.
-    Idempotent; the trainer and ``vitkit eval`` call it, a hand-written loop may too.
+    Idempotent; the trainer, ``vitkit eval`` and ``vitkit predict`` call it, a hand-written loop
+    may too.
     """
     global _applied
     if _applied:
@@ -44,4 +45,9 @@ def keep_freed_memory() -> bool:
             bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
     except (OSError, AttributeError):
         return False
+    return _applied
+
+
+def freed_memory_kept() -> bool:
+    """Whether ``keep_freed_memory`` is in force in this process (without applying it)."""
     return _applied

@@ -214,8 +214,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .allocator import keep_freed_memory
     from .inference.predict import expand_inputs, load_classifier, predict_files
 
+    keep_freed_memory()  # before the model is prepared: then it runs whole batches (see slice_size)
     classifier, cfg, _ = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
     bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")

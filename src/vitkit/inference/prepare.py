@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..allocator import freed_memory_kept
 from ..errors import VitkitError
 from ..models.layers import Attention, Mlp
 from ..train.precision import cpu_has_bf16
@@ -85,7 +86,7 @@ class PackedLinear(nn.Module):
 
 
 # glibc gives blocks over 32 MiB back to the OS on every free, so a batch whose activations are
-# bigger page-faults them in afresh on every call.
+# bigger page-faults them in afresh on every call (unless the process keeps freed memory).
 SLICE_BYTES = 24 * 2 ** 20
 
 
@@ -96,7 +97,10 @@ def slice_size(model: nn.Module, precision: str) -> int | None:
     batch of 32: there a plain GELU ran at the speed of one page fault per 4 KiB, and int8
     ViT-B/16 at batch 32 ran 1.3x faster in 4 slices of 8, ViT-S/16 1.26x in 2 slices, on the
     AMD EPYC. Slicing when nothing spills costs speed (small GEMMs), so small models, bf16
-    ViT-S and CNNs keep whole batches. None: no slicing.
+    ViT-S and CNNs keep whole batches. None: no slicing. A process that keeps freed memory
+    (``vitkit.keep_freed_memory``, as ``vitkit predict`` does) takes no such faults and runs
+    whole batches instead: there int8 and bf16 ViT-B/16 and ViT-S/16 at batch 32 ran 1.04-1.08x
+    faster whole than in slices (benchmarks/slices.py).
     """
     embed = getattr(model, "patch_embed", None)
     widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
@@ -184,7 +188,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     if precision == "auto":
         precision = "bf16" if cpu_has_bf16() else "fp32"
     model = model.eval()
-    slices = slice_size(model, precision)
+    slices = None if freed_memory_kept() else slice_size(model, precision)
     if precision == "int8":
         model = quantize_int8(model)
         if cpu_has_bf16():
