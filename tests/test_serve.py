@@ -149,8 +149,11 @@ def test_page_health_and_info(served):
 def test_the_serve_command_listens_and_stops(served):
     """`vitkit serve --port 0` prints its address, answers, and stops on Ctrl-C (SIGINT)."""
     import signal
+    # A shell's background job (`pytest &`) ignores SIGINT, and an ignored signal stays ignored across
+    # exec; the server is given Ctrl-C's usual meaning, as in a terminal.
     proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(served[3]), "--port", "0",
-                             "--precision", "fp32"], stderr=subprocess.PIPE, text=True)
+                             "--precision", "fp32"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()
         assert line.startswith("serving ") and "http://127.0.0.1:" in line, line
