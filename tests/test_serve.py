@@ -7,6 +7,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -200,6 +201,9 @@ def test_connections_past_the_cap_get_503_at_once(served):
         assert code == 503 and "too many connections" in json.loads(body)["error"]
         code, body = call(url + "/predict", b"\0" * 3_000_000)  # an upload still sending: a 503, not a reset
         assert code == 503 and "too many connections" in json.loads(body)["error"]
+        with ThreadPoolExecutor(6) as pool:  # refused uploads at once: each drained, none reset
+            answers = list(pool.map(lambda _: call(url + "/predict", b"\0" * 3_000_000), range(6)))
+        assert [code for code, _ in answers] == [503] * 6
         stalled.close()
         for _ in range(50):  # the stalled connection's thread notices the close and frees its slot
             code, _ = call(url + "/health")

@@ -22,10 +22,12 @@ import email.policy
 import io
 import json
 import queue
+import selectors
 import socket
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from email.parser import BytesParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +52,8 @@ MAX_BODY_BYTES = 32 * 2**20
 """Bigger uploads are refused (413) before they are read."""
 MAX_CONNECTIONS = 32
 """Open connections served at once; more get 503 (see ``_Server``)."""
+MAX_REFUSED = 64
+"""Refused connections still being read (their uploads dropped) at once; more are closed at once."""
 
 
 class Predictor:
@@ -134,7 +138,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple, handler: type, max_connections: int = MAX_CONNECTIONS):
         self.slots = threading.BoundedSemaphore(max_connections)
-        self.refused: queue.Queue[socket.socket] = queue.Queue(maxsize=max_connections)
+        self.refused: queue.Queue[socket.socket] = queue.Queue(maxsize=MAX_REFUSED)
         threading.Thread(target=self._drain_refused, daemon=True).start()
         super().__init__(address, handler)
 
@@ -153,28 +157,46 @@ class _Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def _drain_refused(self) -> None:
-        """One thread reads what refused clients still send (an upload, up to 2 s or 64 MB each), so they
-        finish sending and read their 503 instead of a connection reset; then closes them."""
+        """One thread reads what refused clients still send (an upload: up to 5 s and 64 MB each), all of
+        them at once, so each finishes sending and reads its 503 instead of a connection reset; it closes
+        each when its client does or its allowance runs out."""
+        selector = selectors.DefaultSelector()
         while True:
-            request = self.refused.get()
-            try:
-                request.settimeout(0.5)
-                deadline, left = time.monotonic() + 2.0, 64 << 20
-                while time.monotonic() < deadline and left > 0:
-                    chunk = request.recv(1 << 16)
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            except OSError:
-                pass
-            finally:
-                request.close()
+            waiting = selector.get_map()
+            try:  # a blocking wait only when nothing is being drained
+                request = self.refused.get(block=not waiting) if len(waiting) < MAX_REFUSED else None
+            except queue.Empty:
+                request = None
+            if request is not None:
+                request.setblocking(False)
+                selector.register(request, selectors.EVENT_READ, _Allowance(time.monotonic() + 5.0, 64 << 20))
+                continue  # take every queued connection before reading
+            for key, _ in selector.select(timeout=0.05):
+                try:
+                    chunk = key.fileobj.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                key.data.left = key.data.left - len(chunk) if chunk else 0  # b"": the client closed
+            now = time.monotonic()
+            for key in list(selector.get_map().values()):
+                if key.data.left <= 0 or now > key.data.deadline:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+
+@dataclass
+class _Allowance:
+    """What a refused client may still send before it is closed on."""
+    deadline: float
+    left: int
 
 
 class _IPv6Server(_Server):
