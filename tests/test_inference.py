@@ -100,14 +100,18 @@ def test_big_batches_run_in_slices_with_the_same_result(monkeypatch):
     assert slice_size(big, "fp32") == 10 and slice_size(big, "bf16") == 20
     assert slice_size(create_model("vit_mini_patch4_28"), "fp32") > 256
     assert slice_size(create_model("resnet_mini_28"), "fp32") is None
-    monkeypatch.setattr("vitkit.inference.prepare.freed_memory_kept", lambda: False)
-    fast = prepare_for_inference(big, "fp32")
-    assert fast.slice_images == 10
+    prepared = prepare_for_inference(big, "fp32")
+    assert prepared.slice_images == 10
+    parts, run = [], prepared._forward
+    prepared._forward = lambda part: parts.append(len(part)) or run(part)
     x = torch.randn(23, 3, 224, 224)
+    monkeypatch.setattr("vitkit.inference.prepare.freed_memory_kept", lambda: False)
+    sliced = prepared(x)
+    assert parts == [8, 8, 7]
     monkeypatch.setattr("vitkit.inference.prepare.freed_memory_kept", lambda: True)
-    whole = prepare_for_inference(big, "fp32")  # a process keeping freed memory takes no faults: whole batches
-    assert whole.slice_images is None
-    torch.testing.assert_close(fast(x), whole(x), atol=1e-4, rtol=1e-4)  # 3 slices of 8, 8, 7
+    whole = prepared(x)  # decided at each call: a process keeping freed memory takes no faults, whole batches
+    assert parts == [8, 8, 7, 23]
+    torch.testing.assert_close(sliced, whole, atol=1e-4, rtol=1e-4)
 
 
 def test_auto_picks_a_supported_precision(model, images):

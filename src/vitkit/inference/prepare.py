@@ -41,16 +41,21 @@ class InferenceModel(nn.Module):
         self.precision = precision
         self.input_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._eager = [eager]  # a list so the eager twin is not registered a second time as a submodule
-        self.slice_images = slice_images  # see slice_size
+        self.slice_images = slice_images  # see slice_size and forward
 
     @property
     def compiled(self) -> bool:
         return self._eager[0] is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.slice_images and x.shape[0] > self.slice_images:
-            slices = -(-x.shape[0] // self.slice_images)  # equal slices, none tiny
-            return torch.cat([self._forward(part) for part in x.tensor_split(slices)])
+        """Big batches in slices unless the process keeps freed memory (see ``slice_size``), decided
+        at each call, since a caller may keep freed memory after preparing the model."""
+        return self.run(x, None if freed_memory_kept() else self.slice_images)
+
+    def run(self, x: torch.Tensor, slice_images: int | None) -> torch.Tensor:
+        """``x`` in equal slices of at most ``slice_images`` images (none tiny); None: whole."""
+        if slice_images and x.shape[0] > slice_images:
+            return torch.cat([self._forward(part) for part in x.tensor_split(-(-x.shape[0] // slice_images))])
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +193,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     if precision == "auto":
         precision = "bf16" if cpu_has_bf16() else "fp32"
     model = model.eval()
-    slices = None if freed_memory_kept() else slice_size(model, precision)
+    slices = slice_size(model, precision)
     if precision == "int8":
         model = quantize_int8(model)
         if cpu_has_bf16():
