@@ -253,6 +253,30 @@ def test_folder_bad_images_all_reported_before_training(tmp_path):
     assert "\n" not in msg
 
 
+def test_folder_lists_layout_problems_and_bad_images_of_each_split_at_once(tmp_path):
+    """A loose image (in no class), an unknown extension and a corrupt image: one run, one line per split."""
+    root = tmp_path / "ds"
+    _class_folders(root / "train", 3)
+    _class_folders(root / "val", 2)
+    Image.new("L", (8, 8)).save(root / "train" / "loose.png")
+    (root / "train" / "cat" / "notes.txt").write_text("x")
+    (root / "val" / "dog" / "0.png").write_bytes(b"GIF89a this is garbage")
+    with pytest.raises(VitkitError) as e:
+        load_dataset(f"folder:{root}", "train", img_size=8)
+    msg = str(e.value)
+    assert msg.startswith(f"folder:{root}[train]: 2 problem(s) in the folder: ") and "could not be read" not in msg
+    assert "loose.png (beside the class folders, in none" in msg and "notes.txt (unknown image extension" in msg
+    with pytest.raises(VitkitError, match=r"\[val\]: 1 of 4 images could not be read: .*dog/0\.png: unreadable"):
+        load_dataset(f"folder:{root}", "val", img_size=8)
+    (root / "train" / "cat" / "0.png").write_bytes(b"")
+    with pytest.raises(VitkitError, match=r"\[train\]: 2 problem\(s\) in the folder, 1 of 6 images could not be "
+                                          r"read: .*notes\.txt.*loose\.png.*cat/0\.png"):
+        load_dataset(f"folder:{root}", "train", img_size=8)
+    (root / "loose.jpg").write_bytes((root / "train" / "loose.png").read_bytes())
+    with pytest.raises(VitkitError, match=r"loose\.jpg sit\(s\) beside train/, val/"):
+        load_dataset(f"folder:{root}", "train", img_size=8)
+
+
 def test_folder_too_big_for_memory_checks_headers_then_names_bad_file_in_worker(tmp_path):
     from vitkit.data.folder import load_folder
     root, truncated, corrupt = _broken_folder(tmp_path)
@@ -269,7 +293,7 @@ def test_folder_decompression_bomb(tmp_path, monkeypatch):
     from vitkit.data import images
     root = _class_folders(tmp_path / "ds", 7)
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 125)  # the images are 12x10 .. 18x10
-    with pytest.raises(VitkitError, match=r"^12 of 14 images could not be read: .*cat/2\.png: image is too large "
+    with pytest.raises(VitkitError, match=r"^folder:.*ds\[train\]: 12 of 14 images could not be read: .*cat/2\.png: image is too large "
                                           r"\(14x10 = 140 pixels, limit 125\).*decompression bomb.*; and 2 more$"):
         load_dataset(f"folder:{root}", "train", img_size=8, val_fraction=0.0)
 

@@ -46,11 +46,11 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_split_names(root)
     if (root / "train").is_dir() and _subdirs(root / "train"):
-        classes, samples = _from_split_dirs(root, split)
+        classes, samples, problems = _from_split_dirs(root, split)
     else:
-        classes, samples = _scan(root)
+        classes, samples, problems = _scan(root)
         samples = _stratified_part(samples, len(classes), val_fraction, seed, held_out=split != "train")
-        if not samples:
+        if not samples and not problems:
             why = ("val_fraction is 0" if val_fraction == 0 else
                    f"every class has one image, and holding out {val_fraction:g} of a class keeps at least one "
                    "image for training")
@@ -62,10 +62,17 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         memory_budget_mb = MEMORY_BUDGET_MB or env_int("VITKIT_FOLDER_MEMORY_MB", 512)
     budget = memory_budget_mb * 2**20
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
-    if len(paths) * in_chans * img_size**2 <= budget:
-        images = _decode_all(paths, img_size, in_chans, desc=f"decoding {root.name}/ {split}")
+    in_memory = len(paths) * in_chans * img_size**2 <= budget
+    if in_memory:
+        images, failures = _decode_all(paths, img_size, in_chans, desc=f"decoding {root.name}/ {split}")
+    else:
+        failures = _check_headers(paths)
+    if problems or failures:  # the layout's problems and the unreadable images, in one listing
+        counts = ([f"{len(problems)} problem(s) in the folder"] if problems else []) + \
+                 ([f"{len(failures)} of {len(paths)} images could not be read"] if failures else [])
+        raise VitkitError(_listing(f"{name}: {', '.join(counts)}", problems + failures))
+    if in_memory:
         return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
-    _check_headers(paths)
     return LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
 
 
@@ -95,6 +102,7 @@ def _check_split_names(root: Path) -> None:
         raise VitkitError(f"{root}: {', '.join(d + '/' for d in flat)} hold(s) images, not class folders "
                           f"(expected {root}/{flat[0]}/<class>/<image>)")
     extra = [d + "/" for d in _subdirs(root) if d not in splits and any(root.joinpath(d).iterdir())]
+    extra += [p.name for p in _loose_images(root)]
     if extra:
         raise VitkitError(f"{root}: {', '.join(extra)} sit(s) beside {names} and would be ignored; move "
                           "it into the splits or out of the folder")
@@ -109,24 +117,25 @@ def has_separate_test(spec: str) -> bool:
     return all((root / d).is_dir() for d in ("train", "val", "test"))
 
 
-def _from_split_dirs(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+def _from_split_dirs(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
+    """The split's classes, (file, label) pairs and layout problems; only its own folder is scanned, so the
+    other split's problems are reported once, by its own call."""
     held_out = [d for d in (("test", "val") if split == "test" else ("val", "test")) if (root / d).is_dir()]
     if not held_out:
         raise VitkitError(f"{root}: has train/ but no val/ or test/ folder; add one, or put the class "
                           "folders directly in the root to split by val_fraction")
-    train_classes, train = _scan(root / "train")
-    other_classes, other = _scan(root / held_out[0])
+    train_classes, other_classes = _subdirs(root / "train"), _subdirs(root / held_out[0])
     if train_classes != other_classes:
         only_train = ", ".join(sorted(set(train_classes) - set(other_classes))) or "none"
         only_other = ", ".join(sorted(set(other_classes) - set(train_classes))) or "none"
         raise VitkitError(f"{root}: class folders of train/ and {held_out[0]}/ differ (only in train/: "
                           f"{only_train}; only in {held_out[0]}/: {only_other})")
-    return train_classes, train if split == "train" else other
+    return _scan(root / ("train" if split == "train" else held_out[0]))
 
 
-def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Sorted class names and (file, label) pairs, sub-folders of a class included; every
-    layout problem is collected and raised together so one run shows them all."""
+def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
+    """Sorted class names, (file, label) pairs (sub-folders of a class included) and every layout
+    problem, returned rather than raised so that one run lists them with the unreadable images."""
     classes = _subdirs(root)
     if not classes:
         raise VitkitError(f"{root}: no class folders found (expected {root}/<class name>/<image files>)")
@@ -141,10 +150,15 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
         if len(samples) == n:
             empty.append(str(root / name))
     problems = ([f"empty class folder {p}" for p in empty]
-                + [f"{p} (unknown image extension; expected one of {' '.join(IMAGE_EXTENSIONS)})" for p in unknown])
-    if problems:
-        raise VitkitError(_listing(f"{root}: {len(problems)} problem(s) in the dataset folder", problems))
-    return classes, samples
+                + [f"{p} (unknown image extension; expected one of {' '.join(IMAGE_EXTENSIONS)})" for p in unknown]
+                + [f"{p} (beside the class folders, in none: it would be ignored)" for p in _loose_images(root)])
+    return classes, samples, problems
+
+
+def _loose_images(d: Path) -> list[Path]:
+    """Image files straight in a folder of class (or split) folders: in no class, so never read."""
+    return sorted(p for p in d.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _ignored(p.name))
 
 
 def files_under(root: Path) -> Iterator[Path]:
@@ -187,8 +201,9 @@ def _stratified_part(samples: list[tuple[Path, int]], num_classes: int, val_frac
     return [samples[i] for i in sorted(chosen)]
 
 
-def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> torch.Tensor:
-    """All images into one uint8 [N,C,S,S] tensor, in threads (Pillow decodes without the GIL)."""
+def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> tuple[torch.Tensor, list[str]]:
+    """All images into one uint8 [N,C,S,S] tensor, in threads (Pillow decodes without the GIL), and
+    what was wrong with each image that could not be read."""
     images = torch.empty((len(paths), in_chans, img_size, img_size), dtype=torch.uint8)
     failures = []
 
@@ -202,13 +217,10 @@ def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> t
         for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, unit="img",
                       disable=None, leave=False):
             pass
-    if failures:
-        raise VitkitError(_listing(f"{len(failures)} of {len(paths)} images could not be read",
-                                   [msg for _, msg in sorted(failures)]))
-    return images
+    return images, [msg for _, msg in sorted(failures)]
 
 
-def _check_headers(paths: list[Path]) -> None:
+def _check_headers(paths: list[Path]) -> list[str]:
     """Without decoding pixels: catches unreadable, empty, unknown-format and oversized files."""
     failures = []
     for p in tqdm(paths, desc="checking images", unit="img", disable=None, leave=False):
@@ -216,8 +228,7 @@ def _check_headers(paths: list[Path]) -> None:
             open_header(p).close()
         except VitkitError as e:
             failures.append(str(e))
-    if failures:
-        raise VitkitError(_listing(f"{len(failures)} of {len(paths)} images could not be read", failures))
+    return failures
 
 
 def _listing(intro: str, items: list[str]) -> str:
