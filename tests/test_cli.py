@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vitkit
 from vitkit.cli import main
 from vitkit.train import TrainConfig
 
@@ -73,6 +74,19 @@ def test_predict_folder_reports_bad_files_and_goes_on(run_dir, capsys, tmp_path)
     bad = {Path(e["path"]).name: e["error"] for e in out["errors"]}
     assert set(bad) == {"broken.png", "notes.txt"}
     assert "broken.png" in bad["broken.png"] and "error: " in captured.err
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_a_typo_in_the_pixel_limit_is_one_error_not_one_per_image(run_dir, tmp_path, capsys, monkeypatch, command):
+    from vitkit.data import images
+    images._env_max_image_pixels.cache_clear()
+    assert main(["samples", "--dataset", "digits", "--count", "3", "--out", str(tmp_path)]) == 0
+    monkeypatch.setenv("VITKIT_MAX_IMAGE_PIXELS", "abc")
+    capsys.readouterr()
+    out = ["--out", str(tmp_path / "out")] if command == "explain" else []
+    assert main([command, "--checkpoint", str(run_dir), str(tmp_path)] + out) == 2
+    err = capsys.readouterr().err
+    assert err == "error: VITKIT_MAX_IMAGE_PIXELS must be a whole number, got 'abc'\n"
 
 
 def test_explain_writes_report(run_dir, tmp_path, capsys):
@@ -220,6 +234,23 @@ def test_linear_probe_changes_only_the_head(run_dir, tmp_path):
     before, after = load_file(run_dir / "model.safetensors"), load_file(tmp_path / "lp" / "model.safetensors")
     assert all(torch_equal(before[k], after[k]) for k in before if not k.startswith("head."))
     assert not torch_equal(before["head.weight"], after["head.weight"])
+
+
+def test_finetune_records_and_names_the_model_of_its_checkpoint(tmp_path, capsys):
+    """Not the recipe's default model name: config.json and messages say what the weights hold."""
+    from vitkit.train import save_checkpoint
+    cnn = vitkit.create_model("resnet_mini_28", num_classes=10, in_chans=1)
+    save_checkpoint(tmp_path / "cnn", cnn, dict(classes=[str(i) for i in range(10)], mean=[0.5], std=[0.25],
+                                                img_size=28, in_chans=1))
+    common = ["finetune", "--checkpoint", str(tmp_path / "cnn"), "--dataset", "digits", "--epochs", "1",
+              "--batch-size", "64", "--precision", "fp32", "--set", "crop_padding=0"]
+    assert main(common + ["--layer-decay", "0.75", "--output", str(tmp_path / "a")]) == 2
+    assert "error: resnet_mini_28: layer_decay needs a model with Transformer blocks" in capsys.readouterr().err
+    assert main(common + ["--set", "model=vit_small_patch16_224", "--output", str(tmp_path / "b")]) == 2
+    assert "model does not apply" in capsys.readouterr().err
+    assert main(common + ["--output", str(tmp_path / "c")]) == 0
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["recipe"]["model"] == "resnet_mini_28" == config["model"]
 
 
 def torch_equal(a, b) -> bool:

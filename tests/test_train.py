@@ -82,6 +82,21 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, options):
     assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 3
 
 
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    original = Trainer.train_one_epoch
+
+    def interrupted_in_epoch_two(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_config(tmp_path / "run"))
+    assert f"stopped in epoch 2; `vitkit train --resume {tmp_path / 'run'}` goes on from epoch 2" \
+        in capsys.readouterr().err
+
+
 def test_resume_without_state_is_clear_error(tmp_path):
     with pytest.raises(VitkitError, match="no training state"):
         train(digits_config(tmp_path), resume=True)

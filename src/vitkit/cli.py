@@ -106,6 +106,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
+    if "model" in _parse_set(args.set):
+        raise VitkitError("vitkit finetune trains the model its --checkpoint holds, so model does not apply; give "
+                          "what the weights cannot tell with --set 'model_kwargs={num_heads: N}'")
     probe = True if args.linear_probe else None
     cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=args.checkpoint,
                                                                  layer_decay=args.layer_decay, linear_probe=probe))
@@ -215,9 +218,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .allocator import keep_freed_memory
+    from .data.images import max_image_pixels
     from .inference.predict import expand_inputs, load_classifier, predict_files
 
-    keep_freed_memory()  # before the model is prepared: then it runs whole batches (see slice_size)
+    max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
+    keep_freed_memory()  # big batches then run whole, faster than in slices (see slice_size)
     classifier, cfg, _ = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
     bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
@@ -270,9 +275,11 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .data.images import max_image_pixels
     from .inference.predict import load_classifier
     from .serve import Predictor, make_server
 
+    max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: refused now, not in every request's answer
     onnx = _onnx_file(args)
     classifier, cfg, model = load_classifier(args.checkpoint, args.precision, onnx)
     runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, {getattr(classifier, 'precision', args.precision)}"
@@ -372,10 +379,12 @@ def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], An
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data import load_dataset, make_loader, normalize
+    from .data.images import max_image_pixels
     from .explain import attention_distance_figure, explain_images, model_figures
     from .inference.predict import expand_inputs
     from .train import load_checkpoint
 
+    max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     model, cfg = load_checkpoint(args.checkpoint)
     if not hasattr(model, "blocks"):
         raise VitkitError(f"{args.checkpoint}: explain draws a Vision Transformer's attention; this checkpoint "

@@ -124,6 +124,8 @@ class Trainer:
             self._check_resumable(state)
         torch.manual_seed(cfg.seed)
         pretrained = self._pretrained() if cfg.init_from else None
+        if pretrained is not None:  # the run trains the weights' model (None: the file names none), not the default
+            self.cfg = cfg = dataclasses.replace(cfg, model=pretrained.model_name)
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
         self.train_ds, self.eval_ds, self.test_ds = build_datasets(cfg, self.in_chans, self.img_size)
         self.classes = list(self.train_ds.classes)
@@ -144,7 +146,7 @@ class Trainer:
         if self.precision == "fp32" and onednn_pays_off():
             use_onednn_linears(self.model)  # 1.08-1.15x a step off Intel CPUs, same arithmetic
         if cfg.patch_drop_schedule and not hasattr(self.model, "set_patch_drop_rate"):
-            raise VitkitError(f"{cfg.model}: patch_drop_schedule needs a ViT (patch tokens to drop)")
+            raise VitkitError(f"{self.model_name}: patch_drop_schedule needs a ViT (patch tokens to drop)")
         self.augment, self.mixup = self._augmentation()
         self.teacher = self._teacher() if cfg.distill_from else None
         self.teacher_cache: torch.Tensor | None = None  # filled by fit() with distill_cache
@@ -154,7 +156,7 @@ class Trainer:
             self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
                                               cfg.layer_decay)
         except ValueError as e:
-            raise VitkitError(f"{cfg.model}: {e}") from None
+            raise VitkitError(f"{self.model_name}: {e}") from None
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
         if state is not None:
@@ -195,7 +197,8 @@ class Trainer:
             except ValueError as e:
                 raise VitkitError(f"--distill-from: {e}") from None
         elif self.teacher is not None:
-            _log(self.info, f"{cfg.model} has no distillation token: the teacher's loss is blended on its one head")
+            _log(self.info, f"{self.model_name} has no distillation token: the teacher's loss is blended on its "
+                            "one head")
         return TrainingLoss(cfg.label_smoothing, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
 
     def _teacher(self) -> Teacher:
@@ -240,7 +243,7 @@ class Trainer:
     @property
     def model_name(self) -> str:
         """The registry name of what is trained: the loaded weights' own when fine-tuning."""
-        return self.run_model.model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
+        return unwrap(self.model).model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
                                              else self.cfg.model)
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -384,7 +387,13 @@ class Trainer:
             _log(self.info, f"teacher's outputs on {len(self.teacher_cache)} training images cached in {seconds:.0f}s")
         for epoch in range(self.progress["epoch"], self.cfg.epochs):
             start = time.perf_counter()
-            train_loss = self.train_one_epoch(epoch)
+            try:
+                train_loss = self.train_one_epoch(epoch)
+            except KeyboardInterrupt:
+                if self.progress["epoch"]:
+                    _log(self.info, f"stopped in epoch {epoch + 1}; `vitkit train --resume {self.out}` goes on from "
+                                    f"epoch {self.progress['epoch'] + 1}")
+                raise
             seconds = time.perf_counter() - start
             self.progress["train_seconds"] += seconds
             if self.info.is_main:

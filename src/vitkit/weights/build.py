@@ -78,7 +78,8 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
         kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
         warnings.warn(f"{ckpt.source}: the weights do not store the number of attention heads; assuming "
                       f"{kwargs['num_heads']} (as the ViT/DeiT size of width {kwargs['embed_dim']}). If that is "
-                      "wrong the logits are too: pass a model name or num_heads", stacklevel=2)
+                      "wrong the logits are too: pass a model name or num_heads (vitkit finetune: --set "
+                      "'model_kwargs={num_heads: N}')", stacklevel=2)
     model = _construct(name, kwargs, ckpt.source)
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
