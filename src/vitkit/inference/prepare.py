@@ -104,8 +104,8 @@ def slice_size(model: nn.Module, precision: str) -> int | None:
     AMD EPYC. Slicing when nothing spills costs speed (small GEMMs), so small models, bf16
     ViT-S and CNNs keep whole batches. None: no slicing. A process that keeps freed memory
     (``vitkit.keep_freed_memory``, as ``vitkit predict`` does) takes no such faults and runs
-    whole batches instead: there int8 and bf16 ViT-B/16 and ViT-S/16 at batch 32 ran 1.04-1.08x
-    faster whole than in slices (benchmarks/slices.py).
+    whole batches instead: there int8 ViT-B/16 and ViT-S/16 at batch 32 ran 1.05-1.12x faster
+    whole than in slices, bf16 ViT-B/16 as fast within noise (benchmarks/slices.py).
     """
     embed = getattr(model, "patch_embed", None)
     widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
