@@ -244,7 +244,7 @@ class Trainer:
     def model_name(self) -> str:
         """The registry name of what is trained: the loaded weights' own when fine-tuning."""
         return unwrap(self.model).model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
-                                             else self.cfg.model)
+                                                 else self.cfg.model)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if (self.ema is not None) != ("ema" in state):
