@@ -97,6 +97,18 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
         in capsys.readouterr().err
 
 
+def test_a_folder_another_process_trains_into_is_refused(tmp_path):
+    from vitkit.train.checkpoint import training_lock
+    out = tmp_path / "run"
+    with training_lock(out):  # as another process training there holds it
+        for resume in (False, True):
+            with pytest.raises(VitkitError, match="another process is training into this folder"):
+                train(digits_config(out, epochs=1), resume=resume)
+    assert not out.exists()  # the lock of a run that never started leaves no folder behind
+    train(digits_config(out, epochs=1))
+    assert (out / "eval.json").is_file()
+
+
 def test_resume_without_state_is_clear_error(tmp_path):
     with pytest.raises(VitkitError, match="no training state"):
         train(digits_config(tmp_path), resume=True)

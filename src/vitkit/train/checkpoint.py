@@ -8,7 +8,10 @@ atomically, never a half-updated pair.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,45 @@ from ..fileio import atomic_write
 from ..weights import load_model, save_vitkit
 from .finetune import input_geometry
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the folder is not guarded
+    fcntl = None
+
 STATE_NAME = "train_state.pt"
 RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metrics.jsonl", "curves.png",
              "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval",
              "explain")  # explain/: the figures `make demo` draws of the model
 """What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
+LOCK_NAME = ".vitkit-train.lock"
+
+
+@contextlib.contextmanager
+def training_lock(directory: str | Path) -> Iterator[None]:
+    """Hold the run folder for this training process. A second run into it (the same command in
+    another terminal, a ``--resume`` or ``--overwrite`` of a run still going) would interleave its
+    epochs with this one's or delete them. The OS drops the lock when the process dies, so a killed
+    run leaves nothing to clean up. Under torchrun rank 0 holds it for all ranks."""
+    out = Path(directory)
+    if fcntl is None or os.environ.get("RANK", "0") != "0" or (out.exists() and not out.is_dir()):
+        yield  # (a file in the way is reported by claim_output)
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VitkitError(f"{out}: another process is training into this folder; let it finish (or stop "
+                              f"it and `vitkit train --resume {out}`), or choose another --output") from None
+        try:
+            yield
+        finally:
+            if [p.name for p in out.iterdir()] == [LOCK_NAME]:  # a run that never started leaves nothing
+                path.unlink()
+                if created:
+                    out.rmdir()
 
 
 def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[str | None] = ()) -> None:

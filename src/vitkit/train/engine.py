@@ -26,7 +26,7 @@ from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
 from ..fileio import write_json, write_text
 from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
-                         unwrap)
+                         training_lock, unwrap)
 from .config import TrainConfig
 from .distill import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
@@ -424,9 +424,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     A new run refuses an output folder that holds one already unless ``overwrite``."""
     _check_inputs_exist(cfg)
-    if not resume:
-        claim_output(cfg.output, overwrite, inputs=[cfg.init_from, cfg.distill_from, cfg.backbone_from])
-    return Trainer(cfg, resume=resume).fit()
+    with training_lock(cfg.output):
+        if not resume:
+            claim_output(cfg.output, overwrite, inputs=[cfg.init_from, cfg.distill_from, cfg.backbone_from])
+        return Trainer(cfg, resume=resume).fit()
 
 
 def _check_inputs_exist(cfg: TrainConfig) -> None:
