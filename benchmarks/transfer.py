@@ -27,10 +27,11 @@ def main(pretrained: Path, name: str, out_root: Path = Path("runs/transfer")) ->
         "linear_probe_28px": dict(init_from=str(pretrained), linear_probe=True, lr=1e-2),
     }
     results = {}
-    for name, extra in runs.items():
-        report = train(TrainConfig.from_dict({**COMMON, **extra, "output": str(out_root / name)}))
-        results[name] = {"top1": report["top1"], "train_seconds": report["train_seconds"]}
-        print(f"{name}: top-1 {100 * report['top1']:.2f}%  ({report['train_seconds']:.0f}s)", flush=True)
+    for run_name, extra in runs.items():
+        report = train(TrainConfig.from_dict({**COMMON, **extra, "output": str(out_root / name / run_name)}),
+                       overwrite=True)
+        results[run_name] = {"top1": report["top1"], "train_seconds": report["train_seconds"]}
+        print(f"{run_name}: top-1 {100 * report['top1']:.2f}%  ({report['train_seconds']:.0f}s)", flush=True)
     out = Path(__file__).parent / "results" / f"transfer-{name}.json"
     out.write_text(json.dumps({"pretrained": str(pretrained), "recipe": COMMON, "runs": results}, indent=2) + "\n")
     return results
