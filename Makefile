@@ -1,4 +1,4 @@
-# `make demo`: set up, train the demo ViT (recipes/demo.yaml, the paper's hybrid) on Fashion-MNIST, evaluate, predict, draw attention.
+# `make demo`: set up, train the demo ViT (recipes/demo.yaml, a pure ViT in ~10 minutes) on Fashion-MNIST, evaluate, predict, draw attention.
 # `make test`: set up (with test extras) and run the test suite.
 PYTHON ?= python3
 VENV   ?= .venv

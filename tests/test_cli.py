@@ -338,7 +338,7 @@ def test_shipped_recipes_are_valid():
     from vitkit.models import create_model
     from vitkit.train import TrainConfig
     recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
-    assert {"vit", "deit", "fmnist-vit", "fmnist-distilled", "fmnist-hybrid", "fmnist-cnn"} <= {p.stem for p in recipes}
+    assert {"demo", "vit", "deit", "fmnist-vit", "fmnist-distilled", "fmnist-hybrid", "fmnist-cnn"} <= {p.stem for p in recipes}
     for path in recipes:
         cfg = TrainConfig.from_sources(path)
         create_model(cfg.model, **cfg.model_kwargs)  # an unknown name or keyword raises (all are small models)
