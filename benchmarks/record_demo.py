@@ -1,6 +1,7 @@
-"""Record a finished `make demo` run (runs/demo/eval.json) as benchmarks/results/demo.json.
+"""Record a finished `make demo` run (runs/demo/eval.json) as benchmarks/results/NAME.json.
 
-Usage: python benchmarks/record_demo.py [RUN_DIR] [NAME]   (writes benchmarks/results/NAME.json, default demo)
+Usage: python benchmarks/record_demo.py [RUN_DIR] [NAME]   (NAME defaults to demo; the README's files are named
+after the CPU, demo-amd-epyc*.json, and the earlier hybrid demo's demo-hybrid*.json)
 The issue's target: >= 90% Fashion-MNIST test accuracy in <= 10 minutes of training on a 2-core CPU.
 """
 from __future__ import annotations

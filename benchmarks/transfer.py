@@ -4,7 +4,8 @@ Usage: python benchmarks/transfer.py [PRETRAINED_RUN [NAME]]   (default runs/dem
 Compares, on digits (1,437 train / 360 test images, upsampled from 8x8): the same architecture trained
 from scratch, fine-tuned at the pretraining resolution (28 px), and fine-tuned at 2x (56 px, position
 embeddings resampled from 7x7 to 14x14). Writes benchmarks/results/transfer-NAME.json (NAME: the
-run folder's name unless given; the README's are transfer-hybrid and transfer-pure-vit).
+run folder's name unless given; the README's are transfer-sl-vit, the demo's SL-ViT, and
+transfer-hybrid and transfer-pure-vit, the earlier hybrid and plain-ViT demos).
 """
 from __future__ import annotations
 
