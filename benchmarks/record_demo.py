@@ -1,7 +1,7 @@
 """Record a finished `make demo` run (runs/demo/eval.json) as benchmarks/results/NAME.json.
 
-Usage: python benchmarks/record_demo.py [RUN_DIR] [NAME]   (NAME defaults to demo; the README's files are named
-after the CPU, demo-amd-epyc*.json, and the earlier hybrid demo's demo-hybrid*.json)
+Usage: python benchmarks/record_demo.py [RUN_DIR] [NAME]   (NAME defaults to demo-CPU, e.g. demo-amd-epyc, so
+that a run on another machine never replaces this one's; the earlier hybrid demo's are demo-hybrid*.json)
 The issue's target: >= 90% Fashion-MNIST test accuracy in <= 10 minutes of training on a 2-core CPU.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -17,8 +18,14 @@ import torch
 from vitkit.train.precision import cpu_name
 
 
-def main(run: Path, name: str = "demo") -> dict:
+def default_name(cpu: str) -> str:
+    """demo-amd-epyc for "AMD EPYC": the README names each demo result after its CPU."""
+    return "demo-" + re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+
+
+def main(run: Path, name: str | None = None) -> dict:
     report = json.loads((run / "eval.json").read_text())
+    name = name or default_name(report.get("cpu") or cpu_name())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     result = {
         "model": report["model"], "recipe": json.loads((run / "config.json").read_text())["recipe"],
@@ -39,4 +46,4 @@ def main(run: Path, name: str = "demo") -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"), sys.argv[2] if len(sys.argv) > 2 else "demo")
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"), sys.argv[2] if len(sys.argv) > 2 else None)
