@@ -90,8 +90,37 @@ def test_dynamic_img_size_keeps_both_prefix_tokens():
 
 
 def test_refuses_pooling_it_cannot_do():
-    with pytest.raises(ValueError, match="global_pool='token'"):
-        DistilledVisionTransformer(**TINY, global_pool="avg")
+    with pytest.raises(ValueError, match="global_pool 'token' or 'avg'"):
+        DistilledVisionTransformer(**TINY, global_pool="map")
+    with pytest.raises(ValueError, match="must stay 'token'"):
+        DistilledVisionTransformer(**TINY).reset_classifier(3, global_pool="avg")
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_mean_pooled_student_keeps_a_distillation_token(class_token):
+    """With global_pool='avg' the class head reads the normed mean of the patch tokens, the distillation
+    head the normed distillation token (the last prefix token); inference averages them."""
+    m = DistilledVisionTransformer(**TINY, class_token=class_token, global_pool="avg", pos_embed="sincos").eval()
+    prefix = 1 + class_token
+    assert m.num_prefix_tokens == prefix and m.pos_embed.shape == (1, prefix + 64, 64)
+    assert torch.count_nonzero(m.pos_embed[:, :prefix]) == 0  # sin-cos: zeros for the prefix tokens
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        f = m.forward_features(x)
+        cls = m.head(m.fc_norm(f[:, prefix:].mean(1)))
+        dist = m.head_dist(m.fc_norm(f[:, prefix - 1]))
+        torch.testing.assert_close(m(x), (cls + dist) / 2, atol=TOL, rtol=0)
+        m.train().set_distilled_training(True)
+        torch.manual_seed(0)
+        got_cls, got_dist = m(x)
+    torch.testing.assert_close((got_cls, got_dist), (cls, dist), atol=TOL, rtol=0)  # no dropout: same heads
+
+
+def test_patch_dropout_keeps_the_distillation_token():
+    m = DistilledVisionTransformer(**TINY, class_token=False, global_pool="avg", patch_drop_rate=0.75).train()
+    tokens = m.embed(torch.randn(2, 3, 32, 32))
+    assert tokens.shape == (2, 1 + 16, 64)
+    torch.testing.assert_close(tokens[:, 0], (m.dist_token + m.pos_embed[:, :1])[:, 0].expand(2, -1))
 
 
 # --- weights: timm's layout --------------------------------------------------------------------

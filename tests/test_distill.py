@@ -110,12 +110,20 @@ def test_deit_recipe_trains_with_ema(tmp_path):
     assert report["top1"] > 0.15
 
 
-def test_distillation_run_from_a_cnn_teacher(tmp_path):
+# the plain DeiT student, and the recipe's: SL-ViT, mean-pooled, a patch-dropout schedule, cached teacher
+STUDENTS = [dict(model="deit_mini_distilled_patch4_28"),
+            dict(model="sl_vit_mini_distilled_patch4_28", distill_cache=True, patch_drop_schedule={1: 0.5, 3: 0.0},
+                 model_kwargs={"img_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "class_token": False,
+                               "global_pool": "avg", "pos_embed": "sincos"})]
+
+
+@pytest.mark.parametrize("student", STUDENTS, ids=["deit", "sl-vit-avg-cached"])
+def test_distillation_run_from_a_cnn_teacher(tmp_path, student):
     teacher_cfg = dict(model="resnet_mini_28", model_kwargs={"img_size": 16, "widths": (8, 16), "layers": (1, 1),
                                                              "stem_width": 8})
     train(digits_config(tmp_path / "teacher", epochs=3, **teacher_cfg))
-    cfg = digits_config(tmp_path / "student", epochs=3, model="deit_mini_distilled_patch4_28",
-                        distill_from=str(tmp_path / "teacher"), distill="hard")
+    cfg = digits_config(tmp_path / "student", epochs=3, distill_from=str(tmp_path / "teacher"), distill="hard",
+                        **student)
     report = train(cfg)
     assert report["top1"] > 0.2  # chance 0.10; a 3-epoch teacher and student
     from vitkit.train import load_checkpoint

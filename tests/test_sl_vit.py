@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from conftest import vit_pytorch_file
 
@@ -112,3 +113,17 @@ def test_sl_vit_exports_to_onnx_explains_and_refuses_hf(tmp_path):
     assert report["images"][0]["top"]
     with pytest.raises(VitkitError, match="SL-ViT"):
         save_hf(m, tmp_path / "hf")
+
+
+def test_distilled_sl_vit_round_trips_and_loads_by_name(tmp_path):
+    """The distilled SL-ViT keeps both of SL-ViT's layers; a bare state dict loads under its name."""
+    kwargs = dict(class_token=False, global_pool="avg", pos_embed="sincos", depth=2)
+    m = vitkit.create_model("sl_vit_mini_distilled_patch4_28", **kwargs).eval()
+    assert isinstance(m.patch_embed, ShiftedPatchEmbed) and isinstance(m.blocks[0].attn, LocalitySelfAttention)
+    x = torch.randn(2, 1, 28, 28)
+    save_vitkit(m, tmp_path / "d")
+    save_file(m.state_dict(), tmp_path / "d.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "d").eval()(x), m(x), atol=0, rtol=0)
+        named = load_model(tmp_path / "d.safetensors", "sl_vit_mini_distilled_patch4_28", num_heads=4).eval()
+        torch.testing.assert_close(named(x), m(x), atol=0, rtol=0)

@@ -25,19 +25,21 @@ class DistilledVisionTransformer(VisionTransformer):
     ``(cls_logits, dist_logits)`` so that the loss can send the second to the teacher.
     ``dist_head=False`` keeps the token but classifies from [class] alone, which is what
     Hugging Face's ``DeiTForImageClassification`` (fine-tuned without a teacher) computes.
+    ``global_pool='avg'`` (with or without [class]) feeds the class head the mean of the patch
+    tokens instead, as the small-data ViTs here prefer; the distillation token keeps its own head,
+    both pooled features through the same ``fc_norm``.
     """
+
+    extra_tokens = 1
 
     def __init__(self, *args: Any, dist_head: bool = True, weight_init: str = "", **kwargs: Any):
         super().__init__(*args, weight_init="skip", **kwargs)
-        if self.global_pool != "token" or not isinstance(self.pre_logits, nn.Identity) \
-                or not isinstance(self.fc_norm, nn.Identity):
-            raise ValueError("a distilled ViT classifies its two tokens: it needs global_pool='token' and no "
-                             "fc_norm or representation_size")
-        self.num_prefix_tokens = 2
+        if self.global_pool not in ("token", "avg") or not isinstance(self.pre_logits, nn.Identity):
+            raise ValueError("a distilled ViT classifies a pooled feature and its distillation token: it needs "
+                             "global_pool 'token' or 'avg' and no representation_size")
         self.dist_head = dist_head
         self.distilled_training = False
         self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 2, self.embed_dim))
         self.head_dist = self.new_head() if dist_head else nn.Identity()
         if weight_init != "skip":
             self.init_weights(weight_init)
@@ -57,8 +59,8 @@ class DistilledVisionTransformer(VisionTransformer):
     def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None,
                          zero_init: bool = False) -> None:
         """New [class] and distillation heads for ``num_classes`` outputs."""
-        if global_pool not in (None, "token"):
-            raise ValueError("a distilled ViT pools its tokens: global_pool must stay 'token'")
+        if global_pool not in (None, self.global_pool):
+            raise ValueError(f"a distilled ViT keeps its pooling: global_pool must stay {self.global_pool!r}")
         super().reset_classifier(num_classes, zero_init=zero_init)
         self.head_dist = self.new_head(zero_init) if self.dist_head else nn.Identity()
 
@@ -68,7 +70,8 @@ class DistilledVisionTransformer(VisionTransformer):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if not self.dist_head:
             return super().forward_head(x, pre_logits)
-        cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        cls = self.head_drop(self.fc_norm(self.pool(x)))
+        dist = self.head_drop(self.fc_norm(x[:, self.num_prefix_tokens - 1]))  # the last prefix token
         if pre_logits:
             return (cls + dist) / 2
         cls, dist = self.head(cls), self.head_dist(dist)

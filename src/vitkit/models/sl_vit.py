@@ -13,12 +13,14 @@ Everything else is the plain ``VisionTransformer``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .deit import DistilledVisionTransformer
 from .layers import Attention, PatchEmbed
 from .registry import register_model
 from .vit import VisionTransformer
@@ -89,7 +91,14 @@ def sl_vit(**kwargs: Any) -> VisionTransformer:
     return VisionTransformer(embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention, **kwargs)
 
 
+# SL-ViT with DeiT's distillation token and head (a partial, so that loaders see the class it builds)
+sl_vit_distilled = partial(DistilledVisionTransformer, embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention)
+
+
+_MINI_28 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+                mlp_ratio=2.0)
 register_model("sl_vit_mini_patch4_28", sl_vit,
                "SL-ViT for 28x28 grayscale: vit_mini_patch4_28 with shifted patch tokens and locality attention",
-               img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
-               mlp_ratio=2.0)
+               **_MINI_28)
+register_model("sl_vit_mini_distilled_patch4_28", sl_vit_distilled,
+               "sl_vit_mini_patch4_28 with DeiT's distillation token and head", **_MINI_28)

@@ -36,6 +36,8 @@ class VisionTransformer(nn.Module):
     (``Attention.init_mimetic``); ``"skip"`` leaves parameters uninitialised for loading.
     """
 
+    extra_tokens = 0  # prefix tokens a variant places after [class] (DeiT's distillation token)
+
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, global_pool: GlobalPool = "token", embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -57,7 +59,7 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.embed_dim = embed_dim
         self.dynamic_img_size = dynamic_img_size
-        self.num_prefix_tokens = int(class_token)
+        self.num_prefix_tokens = int(class_token) + self.extra_tokens
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
         self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
