@@ -86,12 +86,9 @@ class LocalitySelfAttention(Attention):
         return False  # SDPA has no learnable scale; the explicit path is the fast one on CPUs anyway
 
 
-def sl_vit(**kwargs: Any) -> VisionTransformer:
-    """A VisionTransformer with shifted patch tokens and locality self-attention."""
-    return VisionTransformer(embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention, **kwargs)
-
-
-# SL-ViT with DeiT's distillation token and head (a partial, so that loaders see the class it builds)
+# SL-ViT is a ViT with two layers swapped, and with DeiT's distillation token too; partials, so that
+# loaders see the class each builds
+sl_vit = partial(VisionTransformer, embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention)
 sl_vit_distilled = partial(DistilledVisionTransformer, embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention)
 
 

@@ -104,7 +104,7 @@ def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Modu
 
 def _builds_distilled(name: str) -> bool:
     builder = get_model_spec(name).builder
-    builder = getattr(builder, "func", builder)  # a functools.partial of a class (SL-ViT's distilled variant)
+    builder = getattr(builder, "func", builder)  # a functools.partial of a class (SL-ViT's)
     return isinstance(builder, type) and issubclass(builder, DistilledVisionTransformer)
 
 
