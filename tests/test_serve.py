@@ -139,6 +139,7 @@ def test_page_health_and_info(served):
     url = served[0]
     status, page = call(url + "/")
     assert status == 200 and b'type="file"' in page and b"predict?" in page and b"explain=1" in page
+    assert b"topk=" not in page  # the page lists the server's --topk, as curl gets without ?topk
     assert json.loads(call(url + "/health")[1]) == {"status": "ok"}
     with urllib.request.urlopen(urllib.request.Request(url + "/health", method="HEAD"), timeout=30) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/json" and r.read() == b""

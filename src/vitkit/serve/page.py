@@ -38,7 +38,7 @@ async function classify(file) {
   card.append(img, bars); document.getElementById("results").prepend(card);
   try {
     await ready;
-    const query = `name=${encodeURIComponent(file.name)}&topk=5${about.explain ? "&explain=1" : ""}`;
+    const query = `name=${encodeURIComponent(file.name)}${about.explain ? "&explain=1" : ""}`;
     const r = await fetch(`predict?${query}`, {method: "POST", body: file});
     const out = await r.json().catch(() => ({error: `HTTP ${r.status} ${r.statusText}`}));
     if (!r.ok) { bars.append(el("div", "error", out.error)); return; }
