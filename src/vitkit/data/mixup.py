@@ -15,7 +15,7 @@ Tensor = torch.Tensor
 
 
 class Mixup:
-    """``mix(x, labels) -> (x_mixed, soft targets float32 [B, num_classes])``.
+    """``mixup(x, labels) -> (x_mixed, soft targets float32 [B, num_classes])``.
 
     With probability ``prob`` the batch is mixed: CutMix with probability ``switch_prob`` (when
     both alphas are > 0), else Mixup, with lam ~ Beta(alpha, alpha). CutMix's lam is then

@@ -1,8 +1,9 @@
 """The Vision Transformer (Dosovitskiy et al., 2020), with timm's parameter names.
 
-image -> patches (conv, kernel = stride = P) -> [class] token + learned 1-D position
-embeddings -> pre-LN Transformer blocks -> LayerNorm -> pool ([class] token or mean of
-patch tokens) -> optional tanh pre-logits layer -> linear head.
+image -> patches (conv, kernel = stride = P) -> [class] token + 1-D position embeddings
+(learned, or fixed 2-D sin-cos) -> pre-LN Transformer blocks -> LayerNorm -> pool ([class]
+token, mean of patch tokens, or attention from a learned query) -> optional tanh pre-logits
+layer -> linear head.
 """
 from __future__ import annotations
 
