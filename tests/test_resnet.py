@@ -44,6 +44,11 @@ def test_residual_branches_start_as_identity():
     assert out.shape == (3, 10) and torch.isfinite(out).all()
 
 
+def test_a_vit_only_init_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="weight_init 'mimetic'"):
+        vitkit.create_model("resnet_mini_28", weight_init="mimetic")  # attention init: a CNN has none
+
+
 def test_a_cnn_exports_to_onnx_at_its_build_size(tmp_path):
     """The CNN teacher is a checkpoint like any other: `vitkit export` takes it too."""
     from vitkit.inference import OnnxClassifier, export

@@ -102,6 +102,9 @@ class ResNet(nn.Module):
                  img_size: int | None = None, drop_path_rate: float = 0.0, weight_init: str = ""):
         super().__init__()
         del drop_path_rate  # accepted so the trainer can pass the ViT's common arguments
+        if weight_init not in ("", "skip"):
+            raise ValueError(f"weight_init {weight_init!r}: a ResNet starts from He init ('') or, for weights "
+                             "about to be loaded, none ('skip')")
         self.img_size = img_size  # the size it was built for (a CNN takes any size): checkpoints record it
         f = ConvFactory(norm, std_conv)
         cls = Bottleneck if block == "bottleneck" else BasicBlock
