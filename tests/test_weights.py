@@ -284,7 +284,7 @@ def _save_as_timm_does(model: torch.nn.Module, path: Path) -> None:
 
 def test_head_count_guess_and_refusal(tmp_path):
     _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "d128.safetensors")
-    with pytest.warns(UserWarning, match="do not store the number of attention heads; assuming 2"):
+    with pytest.warns(UserWarning, match=r"do not store the number of attention heads; assuming 2 \(heads 64 wide"):
         assert load_model(tmp_path / "d128.safetensors").blocks[0].attn.num_heads == 2  # 128 / 64
     _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28", embed_dim=96, num_heads=4), tmp_path / "d96.safetensors")
     with pytest.raises(VitkitError, match="num_heads"):
@@ -292,8 +292,19 @@ def test_head_count_guess_and_refusal(tmp_path):
     assert load_model(tmp_path / "d96.safetensors", num_heads=4).blocks[0].attn.num_heads == 4
     _save_as_timm_does(vitkit.create_model("vit_mini_patch4_28", embed_dim=1280, depth=1, num_heads=16),
                        tmp_path / "d1280.safetensors")
-    with pytest.warns(UserWarning, match="assuming 16"):  # ViT-H's width: 16 heads of 80, not 1280 / 64
+    with pytest.warns(UserWarning, match=r"assuming 16 \(as the ViT/DeiT size of width 1280"):  # ViT-H's width: 16 heads of 80, not 1280 / 64
         assert load_model(tmp_path / "d1280.safetensors").blocks[0].attn.num_heads == 16
+
+
+def test_a_pth_of_an_sl_vit_asks_for_its_name(tmp_path):
+    """A .pth keeps tensors only, and SL-ViT's linear patch projection does not show the patch size."""
+    model = vitkit.create_model("sl_vit_mini_patch4_28").eval()
+    save_timm(model, tmp_path / "sl.pth")
+    with pytest.raises(VitkitError, match=r"sl\.pth: the weights do not say their patch size.*model name"):
+        load_model(tmp_path / "sl.pth")
+    back = load_model(tmp_path / "sl.pth", name="sl_vit_mini_patch4_28").eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(back(x), model(x))
 
 
 # --- big_vision .npz (built from the original-layout fixture) ----------------------------------

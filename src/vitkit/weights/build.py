@@ -74,12 +74,15 @@ def _without_head(sd: StateDict, stored_classes: int, num_classes: int) -> State
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     native = {**base, **infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
     kwargs = {**native, **overrides}
+    if "patch_size" not in kwargs:  # SL-ViT's linear projection over shifted patches does not show it
+        raise VitkitError(f"{ckpt.source}: the weights do not say their patch size (a linear patch embedding, "
+                          "as SL-ViT's; a .pth file keeps no architecture); pass a model name, e.g. "
+                          "--model sl_vit_mini_patch4_28")
     if "num_heads" not in kwargs:
-        kwargs["num_heads"] = default_num_heads(kwargs["embed_dim"], ckpt.source)
+        kwargs["num_heads"], reason = default_num_heads(kwargs["embed_dim"], ckpt.source)
         warnings.warn(f"{ckpt.source}: the weights do not store the number of attention heads; assuming "
-                      f"{kwargs['num_heads']} (as the ViT/DeiT size of width {kwargs['embed_dim']}). If that is "
-                      "wrong the logits are too: pass a model name or num_heads (vitkit finetune: --set "
-                      "'model_kwargs={num_heads: N}')", stacklevel=2)
+                      f"{kwargs['num_heads']} ({reason}). If that is wrong the logits are too: pass a model "
+                      "name or num_heads (vitkit finetune: --set 'model_kwargs={num_heads: N}')", stacklevel=2)
     model = _construct(name, kwargs, ckpt.source)
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())

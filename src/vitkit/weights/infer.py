@@ -78,16 +78,17 @@ def checkpoint_grid(sd: StateDict, num_prefix_tokens: int) -> tuple[int, int] | 
     return (side, side) if side * side == n else None
 
 
-def default_num_heads(embed_dim: int, source: str) -> int:
-    """The head count of the paper's size with this width (ViT-Ti/S/B/L/H); other widths get heads 64 wide.
+def default_num_heads(embed_dim: int, source: str) -> tuple[int, str]:
+    """The head count of the paper's size with this width (ViT-Ti/S/B/L/H); other widths get heads 64
+    wide, as most ViTs' are. Returns the count and the reason, for the warning the caller gives.
 
     A wrong guess would load without complaint and give wrong logits, so widths not
     divisible by 64 are refused rather than guessed.
     """
     paper_heads = {size["embed_dim"]: size["num_heads"] for size in VIT_SIZES.values()}  # ViT-H's are 80 wide
     if embed_dim in paper_heads:
-        return paper_heads[embed_dim]
+        return paper_heads[embed_dim], f"as the ViT/DeiT size of width {embed_dim}"
     if embed_dim % 64:
         raise VitkitError(f"{source}: the weights do not say how many attention heads the model has and width "
                           f"{embed_dim} is not a multiple of 64; pass num_heads=... or a model name")
-    return embed_dim // 64
+    return embed_dim // 64, f"heads 64 wide, as most ViTs' are; width {embed_dim} is no ViT/DeiT size"
