@@ -57,6 +57,10 @@ def test_eval_json(run_dir, capsys, tmp_path):
     assert (tmp_path / "confusion.png").stat().st_size > 1000 and out["flip_tta"] is False
     assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path), "--flip-tta"]) == 0
     assert json.loads(capsys.readouterr().out)["flip_tta"] is True
+    # int8 as predict and serve run it: the same images, top-1 within a few of the 360
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path), "--precision", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert int8["precision"] == "int8" and abs(int8["top1"] - out["top1"]) <= 3 / 360
 
 
 def test_predict_folder_reports_bad_files_and_goes_on(run_dir, capsys, tmp_path):
