@@ -103,6 +103,16 @@ def test_attention_pooled_model_rolls_out_the_pools_own_weights(x):
     assert m.attn_pool.attn_hook is None
 
 
+def test_the_report_draws_the_rollout_that_attention_rollout_computes(x, tmp_path, monkeypatch):
+    """`vitkit explain` and `vitkit serve` draw the same map, for an attention-pooled model too."""
+    import vitkit.explain.pipeline as pipeline
+    m = tiny(class_token=False, global_pool="map")
+    drawn, draw = [], pipeline.plot_rollout
+    monkeypatch.setattr(pipeline, "plot_rollout", lambda heat, *args: drawn.append(heat) or draw(heat, *args))
+    explain_images(m, x, None, ["a.png", "b.png"], None, tmp_path, batch_size=1)
+    assert torch.allclose(torch.stack(drawn), attention_rollout(m, x), atol=1e-6)
+
+
 def test_distilled_model_either_prefix_token(x):
     m = _sharpen(DistilledVisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2,
                                             num_classes=5))

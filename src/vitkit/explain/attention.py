@@ -147,21 +147,33 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, head_fusion: HeadFusion
     sums to at most 1.
     """
     gh, gw = input_grid(model, x)
-    row_token = resolve_token(model, token)
+    return rollout_rows(model, x, head_fusion, token)[1].reshape(-1, gh, gw)
+
+
+def rollout_rows(model: nn.Module, x: torch.Tensor, head_fusion: HeadFusion = "mean", token: int | None = None,
+                 also: LayerCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and :func:`attention_rollout`'s rows, flat [B, patches], from one forward pass that also
+    feeds each layer's attention to ``also`` (the report's per-layer maps come from the same pass)."""
     prefix = num_prefix_tokens(model)
     acc = Rollout(head_fusion)
+
+    def fold(layer: int, attn: torch.Tensor) -> None:
+        acc.update(attn)
+        if also is not None:
+            also(layer, attn)
+
     pool = getattr(model, "attn_pool", None)
     if pool is None or token is not None:
-        forward_with_attention(model, x, lambda _i, attn: acc.update(attn))
-        return query_row(acc.result, prefix, row_token).reshape(-1, gh, gw)
+        logits = forward_with_attention(model, x, fold)
+        return logits, query_row(acc.result, prefix, resolve_token(model, token))
     pooled: list[torch.Tensor] = []
     previous, pool.attn_hook = pool.attn_hook, lambda _m, w: pooled.append(w.detach().float())
     try:
-        forward_with_attention(model, x, lambda _i, attn: acc.update(attn))
+        logits = forward_with_attention(model, x, fold)
     finally:
         pool.attn_hook = previous
     row = (fuse_heads(pooled[0], head_fusion) @ acc.result)[:, 0]  # [B, N] over the input tokens
-    return row[:, prefix:].reshape(-1, gh, gw)
+    return logits, row[:, prefix:]
 
 
 def class_attention(model: nn.Module, x: torch.Tensor, token: int | None = None,

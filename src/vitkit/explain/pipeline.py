@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from ..errors import VitkitError
-from .attention import ClassAttention, HeadFusion, Rollout, forward_with_attention
+from .attention import ClassAttention, HeadFusion, rollout_rows
 from .distance import fold_attention_distance
 from .embeddings import filter_components, image_filters, pos_embed_similarity
 from .figures import (plot_attention_distance, plot_class_attention, plot_filter_components,
                       plot_pos_embed_similarity, plot_rollout)
 from .report import Figure, Section, write_report
-from .tokens import input_grid, num_prefix_tokens, query_row, resolve_token
+from .tokens import input_grid, num_prefix_tokens, resolve_token
 
 
 def _file_stems(names: Sequence[str]) -> list[str]:
@@ -54,18 +54,15 @@ def _class_names(class_names: Sequence[str] | None, num_logits: int) -> list[str
 
 def _analyse(model: nn.Module, images: torch.Tensor, token: int | None, head_fusion: HeadFusion,
              batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits [B, K], rollout rows [B, patches] and class attention [B, layers, heads, patches]."""
-    prefix = num_prefix_tokens(model)
+    """Logits [B, K], rollout rows [B, patches] (as ``attention_rollout`` and ``vitkit serve`` draw
+    them) and the chosen query's attention [B, layers, heads, patches], from one pass per chunk."""
+    prefix, row_token = num_prefix_tokens(model), resolve_token(model, token)
     logits, rollouts, cls_rows = [], [], []
     for chunk in images.split(batch_size):
-        roll, cls = Rollout(head_fusion), ClassAttention(prefix, token)
-
-        def fold(_layer: int, attn: torch.Tensor) -> None:
-            roll.update(attn)
-            cls.update(attn)
-
-        logits.append(forward_with_attention(model, chunk, fold).float())
-        rollouts.append(query_row(roll.result, prefix, token))
+        cls = ClassAttention(prefix, row_token)
+        out, row = rollout_rows(model, chunk, head_fusion, token, also=lambda _i, attn: cls.update(attn))
+        logits.append(out.float())
+        rollouts.append(row)
         cls_rows.append(cls.stacked().transpose(0, 1))
     return torch.cat(logits).cpu(), torch.cat(rollouts).cpu(), torch.cat(cls_rows).cpu()
 
@@ -99,7 +96,7 @@ def explain_images(model: nn.Module, images: torch.Tensor, originals: Sequence[A
                           f"{'no' if originals is None else len(originals)} originals")
     row_token = resolve_token(model, token)
     out_dir = Path(out_dir)
-    logits, rollouts, cls_rows = _analyse(model, images, row_token, head_fusion, batch_size)
+    logits, rollouts, cls_rows = _analyse(model, images, token, head_fusion, batch_size)
     has_head = getattr(model, "num_classes", logits.shape[-1]) > 0  # without a head the "logits" are features
     labels = _class_names(class_names, logits.shape[-1]) if has_head else []
     probs, idx = logits.softmax(-1).topk(min(top_k, logits.shape[-1]) if has_head else 0, dim=-1)
