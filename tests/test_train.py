@@ -1,6 +1,7 @@
 """Training engine: learning, resume == uninterrupted, checkpoints, schedule, parameter groups."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -422,6 +423,24 @@ def test_mean_and_std_set_the_normalisation_the_checkpoint_keeps(tmp_path):
     assert saved["mean"] == [0.25] and saved["std"] == [0.5]  # what eval, predict and serve will apply
     with pytest.raises(VitkitError, match="mean and std have 3 values; the model reads 1 channel"):
         train(digits_config(tmp_path / "rgb", epochs=1, mean=[0.5] * 3, std=[0.5] * 3))
+
+def test_weights_without_normalisation_get_a_named_assumption_and_convert_records_one(tmp_path):
+    """A timm file keeps no mean/std: 0.5 is assumed (ImageNet's for a distilled DeiT, whose token says
+    it is Facebook's), with a warning; `vitkit convert --mean/--std` writes a folder that records it."""
+    from vitkit.weights import convert, save_timm
+    save_timm(vitkit.create_model("vit_mini_patch4_28", in_chans=3), tmp_path / "vit.safetensors")
+    save_timm(vitkit.create_model("deit_mini_distilled_patch4_28", in_chans=3), tmp_path / "deit.safetensors")
+    with pytest.warns(UserWarning, match=r"vit.safetensors: the weights do not record .* 0.5, as Google's"):
+        assert load_checkpoint(tmp_path / "vit.safetensors")[1]["std"] == [0.5] * 3
+    with pytest.warns(UserWarning, match="ImageNet's, as DeiT's"):
+        assert load_checkpoint(tmp_path / "deit.safetensors")[1]["mean"] == [0.485, 0.456, 0.406]
+    convert(tmp_path / "vit.safetensors", tmp_path / "recorded", mean=[0.1, 0.2, 0.3], std=[1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        meta = load_checkpoint(tmp_path / "recorded")[1]
+    assert (meta["mean"], meta["std"]) == ([0.1, 0.2, 0.3], [1, 2, 3])
+    with pytest.raises(VitkitError, match=r"one value per input channel \(3\)"):
+        convert(tmp_path / "vit.safetensors", tmp_path / "bad", mean=[0.5], std=[0.5])
 
 
 @pytest.mark.parametrize("values", [{"mean": [0.5]}, {"mean": [0.5, 0.5], "std": [0.5]}, {"mean": [0.5], "std": [0]},

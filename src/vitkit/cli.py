@@ -465,7 +465,8 @@ def add_samples(sub: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .weights import convert
 
-    print(convert(args.src, args.dst, to=args.to, name=args.model, **_parse_set(args.set)))
+    print(convert(args.src, args.dst, to=args.to, name=args.model, mean=args.mean, std=args.std,
+                  **_parse_set(args.set)))
     return 0
 
 
@@ -477,6 +478,9 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registry name to fill in what the weights cannot tell (e.g. head count)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="timm keyword override, e.g. --set num_heads=6 --set img_size=384")
+    p.add_argument("--mean", type=float, nargs="+", metavar="M", help="the input normalisation the weights were "
+                   "trained with, one value per channel (a timm file records none), e.g. ImageNet's 0.485 0.456 0.406")
+    p.add_argument("--std", type=float, nargs="+", metavar="S", help="with --mean, e.g. 0.229 0.224 0.225")
     p.set_defaults(func=cmd_convert)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import VitkitError
 from ..fileio import atomic_write
 from ..weights import load_model, save_vitkit
@@ -108,16 +110,16 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
 def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A model (eval mode) and what running it needs, from weights in any layout ``vitkit.weights`` reads.
 
-    Foreign weights carry no class names or normalisation; they get numbered classes and
-    mean = std = 0.5, the normalisation of Google's ViT checkpoints.
+    Foreign weights carry no class names, and a timm file no normalisation; they get numbered
+    classes and :func:`assumed_normalisation`, with a warning that says how to record the right one.
     """
     model = load_model(path, **overrides)
     meta = dict(getattr(model, "checkpoint_meta", {}))
     chans, img_size = input_geometry(model)
     num_classes = getattr(model, "num_classes", 0)
     meta.setdefault("classes", [str(i) for i in range(num_classes)])
-    meta.setdefault("mean", [0.5] * chans)
-    meta.setdefault("std", [0.5] * chans)
+    if "mean" not in meta or "std" not in meta:
+        meta["mean"], meta["std"] = assumed_normalisation(model, chans, path)
     meta.setdefault("in_chans", chans)
     meta.setdefault("img_size", img_size)
     classes = meta["classes"]
@@ -137,6 +139,20 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
         raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
                           f"got mean {meta['mean']}, std {meta['std']}")
     return model.eval(), meta
+
+
+def assumed_normalisation(model: nn.Module, chans: int, path: str | Path) -> tuple[list[float], list[float]]:
+    """For weights that do not record theirs: ImageNet's statistics for a distilled DeiT (Facebook's
+    weights, the only ones with a distillation token), else 0.5 (Google's ViT weights, timm's AugReg).
+    A wrong guess shifts every input, so the user is told what was assumed and how to fix it."""
+    if hasattr(model, "dist_token") and chans == 3:
+        mean, std, whose = list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet's, as DeiT's weights want"
+    else:
+        mean, std, whose = [0.5] * chans, [0.5] * chans, "0.5, as Google's ViT weights want"
+    warnings.warn(f"{path}: the weights do not record their input normalisation; assuming mean and std {whose}. "
+                  f"If they were trained otherwise, record it: vitkit convert {path} FOLDER --mean ... --std ..., "
+                  "then use FOLDER", stacklevel=3)
+    return mean, std
 
 
 def _is_int(x: Any) -> bool:
