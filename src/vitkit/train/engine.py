@@ -129,15 +129,7 @@ class Trainer:
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
         self.train_ds, self.eval_ds, self.test_ds = build_datasets(cfg, self.in_chans, self.img_size)
         self.classes = list(self.train_ds.classes)
-        self.mean, self.std = tuple(self.train_ds.mean), tuple(self.train_ds.std)
-        source = getattr(pretrained, "checkpoint_meta", {})
-        if len(source.get("mean", [])) == self.in_chans:
-            self.mean, self.std = tuple(source["mean"]), tuple(source["std"])  # what the pretrained body expects
-        if cfg.mean is not None:
-            if len(cfg.mean) != self.in_chans:
-                raise VitkitError(f"mean and std have {len(cfg.mean)} values; the model reads {self.in_chans} "
-                                  "channel(s)")
-            self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+        self.mean, self.std = self._normalisation(pretrained)
         self.model = build_model(cfg, len(self.classes), pretrained)
         if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
@@ -161,13 +153,27 @@ class Trainer:
                                          "best_top1": -1.0}
         if state is not None:
             self._restore(state)
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model)
+        # what the step calls: the model, wrapped for DDP and/or compiled; self.model stays the bare one
+        self.step_model = nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model
         if cfg.compile:
-            self.ddp = torch.compile(self.ddp)
+            self.step_model = torch.compile(self.step_model)
         self.steps_per_epoch = len(self._loader(0))
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
+
+    def _normalisation(self, pretrained: nn.Module | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The recipe's mean/std, else what pretrained weights were trained with, else the dataset's."""
+        cfg = self.cfg
+        if cfg.mean is not None:
+            if len(cfg.mean) != self.in_chans:
+                raise VitkitError(f"mean and std have {len(cfg.mean)} values; the model reads {self.in_chans} "
+                                  "channel(s)")
+            return tuple(cfg.mean), tuple(cfg.std)
+        source = getattr(pretrained, "checkpoint_meta", {})
+        if len(source.get("mean", [])) == self.in_chans:
+            return tuple(source["mean"]), tuple(source["std"])
+        return tuple(self.train_ds.mean), tuple(self.train_ds.std)
 
     def _pretrained(self) -> nn.Module:
         cfg = self.cfg
@@ -296,7 +302,7 @@ class Trainer:
                 "recipe": self.cfg.to_dict(), **extra}
 
     def train_one_epoch(self, epoch: int) -> float:
-        cfg, model = self.cfg, self.ddp
+        cfg, model = self.cfg, self.step_model
         model.train()
         self._schedule_patch_drop(epoch)
         _seed_epoch(cfg, epoch, self.info.rank)
