@@ -1,4 +1,5 @@
 """Training engine: learning, resume == uninterrupted, checkpoints, schedule, parameter groups."""
+import dataclasses
 import json
 import math
 import warnings
@@ -210,6 +211,13 @@ def test_recipe_values_of_the_wrong_type_are_named(values, message):
     with pytest.raises(VitkitError, match=message):
         TrainConfig.from_dict(values)
     assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers
+
+def test_every_recipe_field_refuses_a_value_of_the_wrong_type():
+    """Guards the type checks as fields are added: each field, given a wrong kind of value, is a clear error."""
+    for f in dataclasses.fields(TrainConfig):
+        bad = 3 if str(f.type).startswith("str") else "x"
+        with pytest.raises(VitkitError, match=f.name):
+            TrainConfig.from_dict({f.name: bad})
 
 
 def test_a_bad_value_is_blamed_on_the_recipe_file_only_when_it_comes_from_it(tmp_path):
