@@ -8,7 +8,7 @@ from torch import nn
 
 from vitkit.data import normalize
 from vitkit.train import train
-from vitkit.train.distill import Teacher, TrainingLoss, classification_loss, distillation_loss
+from vitkit.train.losses import Teacher, TrainingLoss, classification_loss, distillation_loss
 from vitkit.train.ema import create_ema
 from test_train import DIGITS_MODEL, digits_config
 

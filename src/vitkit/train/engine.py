@@ -28,7 +28,7 @@ from ..fileio import write_json, write_text
 from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
                          training_lock, unwrap)
 from .config import TrainConfig
-from .distill import Teacher, TrainingLoss
+from .losses import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
