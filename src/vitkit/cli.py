@@ -9,11 +9,14 @@ import json
 import os
 import sys
 import warnings
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import VitkitError
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it: parsing and --help stay fast
+    import torch
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -381,10 +384,7 @@ def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], An
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .data import load_dataset, make_loader, normalize
     from .data.images import max_image_pixels
-    from .explain import attention_distance_figure, explain_images, model_figures
-    from .inference.predict import expand_inputs
     from .train import load_checkpoint
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
@@ -395,23 +395,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.figure == "attention-distance":
-        if not args.dataset and not cfg.get("dataset"):
-            raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
-        ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
-                          img_size=cfg["img_size"], in_chans=cfg["in_chans"])
-        batch = min(64, args.limit)
-        loader = make_loader(ds, batch, shuffle=True, seed=0)  # the last batch cut so that exactly --limit count
-        batches = (normalize(x[: args.limit - i * batch], cfg["mean"], cfg["std"])
-                   for i, (x, _) in enumerate(islice(loader, -(-args.limit // batch))))
-        dist = attention_distance_figure(model, batches, out / "attention_distance.png")
-        (out / "attention_distance.json").write_text(json.dumps({"mean_distance_px": dist.tolist()}))
-        print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
-        print(f"figure: {out / 'attention_distance.png'}")
-        return 0
+        return _explain_attention_distance(model, cfg, args, out)
     if args.figure == "embeddings":
+        from .explain import model_figures
+
         for name, path in model_figures(model, out).items():
             print(f"{name}: {path}")
         return 0
+    return _explain_images(model, cfg, args, out)
+
+
+def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
+    """The paper's Fig. 7 (right) over ``--limit`` images of a dataset split."""
+    from .data import load_dataset, make_loader, normalize
+    from .explain import attention_distance_figure
+
+    if not args.dataset and not cfg.get("dataset"):
+        raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
+    ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
+                      img_size=cfg["img_size"], in_chans=cfg["in_chans"])
+
+    def batches() -> Iterator[torch.Tensor]:  # exactly --limit images, the last batch cut short
+        left = args.limit
+        for x, _ in make_loader(ds, min(64, args.limit), shuffle=True, seed=0):
+            if left <= 0:
+                return
+            yield normalize(x[:left], cfg["mean"], cfg["std"])
+            left -= len(x)
+
+    dist = attention_distance_figure(model, batches(), out / "attention_distance.png")
+    (out / "attention_distance.json").write_text(json.dumps({"mean_distance_px": dist.tolist()}))
+    print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
+    print(f"figure: {out / 'attention_distance.png'}")
+    return 0
+
+
+def _explain_images(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
+    """Attention per layer and head, and rollout, for each image, in one HTML report."""
+    from .data import normalize
+    from .explain import explain_images
+    from .inference.predict import expand_inputs
+
     if not args.images:
         raise VitkitError("give image files or folders to explain, or --figure attention-distance|embeddings")
     requested = expand_inputs(args.images)
