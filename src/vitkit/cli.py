@@ -1,4 +1,4 @@
-"""`vitkit <command>`: parses arguments and calls the library; holds no logic of its own.
+"""`vitkit <command>`: parses arguments and joins the library's pieces; the work itself lives in the library.
 
 A VitkitError (bad file, bad option) prints as one `error: ...` line with exit code 2.
 """
