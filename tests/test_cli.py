@@ -1,6 +1,7 @@
 """The command line end to end on tiny data, as a user types it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,29 @@ def test_eval_json(run_dir, capsys, tmp_path):
     assert int8["precision"] == "int8" and abs(int8["top1"] - out["top1"]) <= 3 / 360
 
 
+def test_eval_scores_all_of_a_new_folder_and_writes_beside_a_weights_file(run_dir, capsys, tmp_path):
+    """A folder of class folders the model never trained on is scored whole, not its val_fraction;
+    weights given as a file get their eval folder beside it."""
+    from vitkit.data import load_dataset
+    digits = load_dataset("digits", "test")
+    for i in range(30):
+        folder = tmp_path / "new" / digits.classes[int(digits.targets[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[i, 0].numpy()).save(folder / f"{i}.png")
+    for d in digits.classes:  # every class folder must exist, as in the training data
+        (tmp_path / "new" / d).mkdir(exist_ok=True)
+        Image.fromarray(digits.images[0, 0].numpy()).save(tmp_path / "new" / d / "extra.png")
+    argv = ["eval", "--checkpoint", str(run_dir), "--dataset", f"folder:{tmp_path / 'new'}", "--json"]
+    assert main(argv + ["--out", str(tmp_path / "e")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "all" and out["num_samples"] == 40
+    assert main(argv + ["--out", str(tmp_path / "e"), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 10  # one held out per class
+    shutil.copy(run_dir / "model.safetensors", tmp_path / "w.safetensors")
+    assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--dataset", "digits"]) == 0
+    assert (tmp_path / "w-eval" / "eval.json").is_file()
+
+
 def test_predict_folder_reports_bad_files_and_goes_on(run_dir, capsys, tmp_path):
     assert main(["samples", "--dataset", "digits", "--count", "5", "--out", str(tmp_path)]) == 0
     Image.new("RGBA", (40, 25), (255, 0, 0, 128)).save(tmp_path / "odd_mode.png")
@@ -123,18 +147,23 @@ def test_explain_limit_counts_images_not_batches(run_dir, tmp_path, monkeypatch)
 
 
 def test_convert_round_trip(run_dir, tmp_path, capsys):
-    """Through HF and back, the normalisation too (preprocessor_config.json): the same accuracy."""
+    """Through HF (preprocessor_config.json) and through a timm file (its header) and back, the
+    normalisation and class names too: the same accuracy."""
     assert main(["convert", str(run_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
-    mean = json.loads((run_dir / "config.json").read_text())["mean"]
-    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["image_mean"] == mean
+    config = json.loads((run_dir / "config.json").read_text())
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["image_mean"] == config["mean"]
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert main(["convert", str(run_dir), str(tmp_path / "w.safetensors"), "--to", "timm"]) == 0
+    assert main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back-timm")]) == 0
+    back = json.loads((tmp_path / "back-timm" / "config.json").read_text())
+    assert [back[k] for k in ("classes", "mean", "std")] == [config[k] for k in ("classes", "mean", "std")]
     top1 = []
-    for run in (run_dir, tmp_path / "back"):
+    for run in (run_dir, tmp_path / "back", tmp_path / "back-timm"):
         capsys.readouterr()
         assert main(["eval", "--checkpoint", str(run), "--dataset", "digits", "--json",
                      "--out", str(tmp_path / "e")]) == 0
         top1.append(json.loads(capsys.readouterr().out)["top1"])
-    assert top1[0] == top1[1]
+    assert top1[0] == top1[1] == top1[2]
 
 
 def test_convert_with_a_new_size_or_head_writes_what_the_model_now_is(run_dir, tmp_path, capsys):
@@ -262,7 +291,6 @@ def torch_equal(a, b) -> bool:
 
 
 def test_export_onnx_and_predict_with_onnx_runtime(run_dir, tmp_path, capsys):
-    import shutil
     ckpt = tmp_path / "ckpt"
     shutil.copytree(run_dir, ckpt)
     main(["samples", "--dataset", "digits", "--count", "4", "--out", str(tmp_path / "s")])

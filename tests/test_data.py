@@ -191,6 +191,26 @@ def test_folder_stratified_split_is_deterministic(tmp_path):
     assert not torch.equal(other.images, va.images)  # 1 in 100 chance of equality: fixed seeds, checked
 
 
+def test_images_added_later_barely_move_the_folder_split(tmp_path):
+    """eval and --resume reload the folder: new files must not reshuffle which images were held out."""
+    from vitkit.data import folder
+    root = tmp_path / "ds"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            (root / name / f"{i}.png").write_bytes(b"")  # the split is made before any image is decoded
+
+    def held_out() -> set[str]:
+        classes, samples, _ = folder._scan(root)
+        return {p.name + p.parent.name for p, _ in folder._stratified_part(samples, 2, 0.25, 0, True, root)}
+
+    before = held_out()
+    for i in range(40, 44):
+        (root / "cat" / f"{i}.png").write_bytes(b"")
+    after = held_out()
+    assert len(before) == 20 and len(after) == 21  # round(44 / 4) = 11 cats, 10 dogs
+    assert len(before - after) <= 4 and {n for n in before if n.endswith("dog")} <= after
+
 def test_linked_folders_are_followed_once_by_datasets_and_predict(tmp_path):
     from vitkit.inference.predict import expand_inputs
     root = _class_folders(tmp_path / "ds", n_per_class=2)

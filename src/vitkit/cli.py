@@ -176,7 +176,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = args.dataset or cfg.get("dataset")
     if not spec:
         raise VitkitError(f"{args.checkpoint}: the checkpoint names no dataset; pass --dataset")
-    ds = load_dataset(spec, args.split, data_dir=args.data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
+    split = args.split or _default_eval_split(spec, cfg.get("dataset"))
+    out = Path(args.out) if args.out else _default_eval_out(Path(args.checkpoint))
+    ds = load_dataset(spec, split, data_dir=args.data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
                       val_fraction=cfg.get("recipe", {}).get("val_fraction", 0.1),
                       seed=cfg.get("recipe", {}).get("seed", 0))
     if list(ds.classes) != list(cfg["classes"]):
@@ -184,16 +186,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           f"{cfg['classes'][:5]}...")
     fast = prepare_for_inference(model, args.precision)  # what predict and serve run at this precision
     metrics = evaluate_dataset(fast, ds, cfg["mean"], cfg["std"], args.batch_size, flip_tta=args.flip_tta)
-    metrics.update(dataset=spec, split=args.split, checkpoint=str(args.checkpoint), flip_tta=args.flip_tta,
+    metrics.update(dataset=spec, split=split, checkpoint=str(args.checkpoint), flip_tta=args.flip_tta,
                    precision=args.precision)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics)
     plot_confusion(metrics["confusion"], cfg["classes"], out / "confusion.png")
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{spec} [{args.split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%  "
+        print(f"{spec} [{split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%  "
               f"top-5 {100 * metrics['top5']:.2f}%")
         for name, acc in metrics["per_class"].items():
             print(f"  {name:>20s}  {100 * acc:6.2f}%")
@@ -201,13 +202,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_eval_split(spec: str, trained_on: str | None) -> str:
+    """The held-out part of the dataset the model trained on; all of a folder of class folders it did not
+    (its val_fraction split would score a tenth of it)."""
+    if not spec.startswith("folder:") or (trained_on or "").startswith("folder:") and \
+            Path(spec[7:]).expanduser().resolve() == Path(trained_on[7:]).expanduser().resolve():
+        return "test"
+    root = Path(spec[7:]).expanduser()
+    return "test" if (root / "train").is_dir() else "all"
+
+
+def _default_eval_out(checkpoint: Path) -> Path:
+    """CHECKPOINT/eval for a run folder; beside a weights file, FILE-eval."""
+    return checkpoint / "eval" if checkpoint.is_dir() else checkpoint.with_name(checkpoint.stem + "-eval")
+
+
 def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="val is the held-out part: the test split for fashion-mnist and digits")
+    p.add_argument("--split", choices=["train", "val", "test", "all"],
+                   help="val is the held-out part (the test split for fashion-mnist and digits); all: every image "
+                   "of a folder (default: test, or all for a folder of class folders the model did not train on)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
                    help="as vitkit predict and serve run the model (prepare_for_inference): bf16 weights or int8 "

@@ -42,7 +42,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 """(mean, std) per channel, in the dataset's own channel count; folders use "imagenet"."""
 
 DATASETS = ("fashion-mnist", "digits", "folder:PATH")
-SPLITS = ("train", "test", "val")
+SPLITS = ("train", "test", "val", "all")  # "all": every image of a folder, unsplit
 
 
 def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = None, img_size: int | None = None,
@@ -53,7 +53,8 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
 
     "val" and "test" both mean the held-out part; they differ only for a folder that has
     both val/ and test/ sub-folders. ``val_fraction`` and ``seed`` only apply to folders
-    without such sub-folders; the built-in datasets have fixed splits.
+    without such sub-folders; the built-in datasets have fixed splits. "all" is every image
+    of a folder of class folders (to score a model on images it never trained on).
     """
     if split not in SPLITS:
         raise VitkitError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -64,6 +65,8 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     if spec.startswith("folder:"):
         return load_folder(spec[len("folder:"):], split, img_size=img_size or 224, in_chans=in_chans or 3,
                            val_fraction=val_fraction, seed=seed)
+    if split == "all" and spec in DATASETS:
+        raise VitkitError(f"split 'all' is for folders of images; {spec} has fixed train and test splits")
     part = "train" if split == "train" else "test"
     if spec == "fashion-mnist":
         images, targets = fashion_mnist.load_fashion_mnist(part, data_dir, download)

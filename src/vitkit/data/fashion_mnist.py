@@ -87,12 +87,8 @@ def _locate(f: IdxFile, data_dir: str | os.PathLike | None, download: bool) -> P
 
 
 def _download(f: IdxFile, dest_dir: Path, where: str) -> Path:
-    """Fetch into a temporary file beside the destination and rename it only once verified."""
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VitkitError(f"{dest_dir}: cannot create the Fashion-MNIST download folder ({e}); {HOW_TO_GET}") \
-            from None
+    """Fetch into a temporary file beside the destination and rename it only once verified (the
+    folder is made only then: a failed download leaves no empty folder behind)."""
     errors = []
     for mirror in MIRRORS:
         try:
@@ -106,6 +102,11 @@ def _download(f: IdxFile, dest_dir: Path, where: str) -> Path:
         except VitkitError as e:  # a bad mirror: try the next one
             errors.append(str(e))
             continue
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VitkitError(f"{dest_dir}: cannot create the Fashion-MNIST download folder ({e}); "
+                              f"{HOW_TO_GET}") from None
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{f.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -1,6 +1,6 @@
 """A folder of images, one sub-folder per class (torchvision's ImageFolder layout).
 
-    root/<class>/<image>                     split by ``val_fraction`` (stratified, seeded)
+    root/<class>/<image>                     split by ``val_fraction`` (stratified, by file name)
     root/train/<class>/<image> + root/val/   (or root/test/) used as the splits as they are
 
 Bad input is reported before training starts, all of it at once: the layout is checked
@@ -10,6 +10,7 @@ are decoded lazily in DataLoader workers.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ MAX_LISTED = 10
 
 def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_chans: int = 3,
                 val_fraction: float = 0.1, seed: int = 0, memory_budget_mb: int | None = None) -> ImageDataset:
-    """The ``split`` ("train", or "val"/"test" for the held-out part) of an image folder.
+    """The ``split`` ("train", "val"/"test" for the held-out part, or "all") of an image folder.
 
     Images are converted to ``in_chans`` channels, their shorter side resized to ``img_size``
     and center-cropped. Normalisation stats are ImageNet's: these are natural images, and
@@ -46,10 +47,15 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
         raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_split_names(root)
     if (root / "train").is_dir() and _subdirs(root / "train"):
+        if split == "all":
+            raise VitkitError(f"{root}: has split folders (train/, ...); choose one of them as the split")
         classes, samples, problems = _from_split_dirs(root, split)
+    elif split == "all":
+        classes, samples, problems = _scan(root)
     else:
         classes, samples, problems = _scan(root)
-        samples = _stratified_part(samples, len(classes), val_fraction, seed, held_out=split != "train")
+        samples = _stratified_part(samples, len(classes), val_fraction, seed, held_out=split != "train",
+                                   root=root)
         if not samples and not problems:
             why = ("val_fraction is 0" if val_fraction == 0 else
                    f"every class has one image, and holding out {val_fraction:g} of a class keeps at least one "
@@ -184,11 +190,14 @@ def _ignored(name: str) -> bool:
 
 
 def _stratified_part(samples: list[tuple[Path, int]], num_classes: int, val_fraction: float, seed: int,
-                     held_out: bool) -> list[tuple[Path, int]]:
+                     held_out: bool, root: Path) -> list[tuple[Path, int]]:
     """Hold out ``val_fraction`` of every class (at least one image of any class with two or
-    more, never all of one), chosen by ``seed``: the split is reproducible and the class
-    balance is the same on both sides."""
-    rng = np.random.default_rng(seed)
+    more, never all of one), the class balance the same on both sides.
+
+    Which images are held out depends on each file's own name (a hash of ``seed`` and its path
+    under ``root``), not on the rest of the listing: images added to the folder later move at
+    most an image or two per class across the split, so ``eval`` and ``--resume`` still see
+    the split the run was trained with (a shuffle of the whole listing would reshuffle it)."""
     labels = np.array([t for _, t in samples])
     chosen = []
     for c in range(num_classes):
@@ -196,9 +205,15 @@ def _stratified_part(samples: list[tuple[Path, int]], num_classes: int, val_frac
         n_val = round(len(idx) * val_fraction)
         if val_fraction > 0 and len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
-        perm = rng.permutation(idx)
-        chosen.extend(perm[:n_val] if held_out else perm[n_val:])
+        ranked = sorted(idx, key=lambda i: _file_rank(samples[i][0], root, seed))
+        chosen.extend(ranked[:n_val] if held_out else ranked[n_val:])
     return [samples[i] for i in sorted(chosen)]
+
+
+def _file_rank(path: Path, root: Path, seed: int) -> bytes:
+    """A seeded pseudo-random rank that depends on this file's path under the root alone."""
+    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    return hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
 
 
 def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> tuple[torch.Tensor, list[str]]:

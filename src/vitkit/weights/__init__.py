@@ -92,7 +92,7 @@ def convert(src: str | Path, dst: str | Path, to: Literal["vitkit", "timm", "hf"
     if to == "vitkit":
         return save_vitkit(model, dst, **meta)
     if to == "timm":
-        return save_timm(model, dst)
+        return save_timm(model, dst, meta)
     if to == "hf":
         return save_hf(model, dst, meta.get("classes"))
     raise VitkitError(f"unknown target format {to!r} (vitkit, timm or hf)")

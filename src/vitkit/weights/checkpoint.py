@@ -28,6 +28,7 @@ class Checkpoint:
 # A safetensors header may carry strings; vitkit puts there what rebuilds the model, so a plain
 # weights file (timm layout) written by vitkit loads without --model, as its checkpoint folder does.
 _NAME, _KWARGS = "vitkit.model", "vitkit.model_kwargs"
+_RUN_META = ("classes", "mean", "std")  # what running the model needs, kept as "vitkit.<key>" (JSON)
 
 
 def architecture_metadata(model: Any) -> dict[str, str]:
@@ -36,6 +37,16 @@ def architecture_metadata(model: Any) -> dict[str, str]:
     if kwargs is None:
         return {}
     return {_NAME: getattr(model, "model_name", None) or "", _KWARGS: json.dumps(kwargs)}
+
+
+def run_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """Class names and normalisation as header strings, so a weights file alone runs as its checkpoint did."""
+    return {f"vitkit.{k}": json.dumps(meta[k]) for k in _RUN_META if meta.get(k) is not None}
+
+
+def run_meta_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """``run_metadata`` read back; what a header lacks (a file timm wrote) is left out."""
+    return {k: json.loads(metadata[f"vitkit.{k}"]) for k in _RUN_META if f"vitkit.{k}" in metadata}
 
 
 def architecture_from_metadata(metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:

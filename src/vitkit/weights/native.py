@@ -37,7 +37,7 @@ def save_vitkit(model: nn.Module, folder: str | Path, **meta: Any) -> Path:
     """Write a checkpoint folder; ``meta`` (e.g. ``classes``, ``mean``, ``std``) goes into config.json."""
     folder = Path(folder)
     kwargs = getattr(model, "model_kwargs", None) or _unstated_kwargs(model)
-    save_timm(model, folder / "model.safetensors")
+    save_timm(model, folder / "model.safetensors", meta)  # the file alone then runs as the folder does
     config = {"format": FORMAT, "model": getattr(model, "model_name", None), "model_kwargs": kwargs, **meta}
     write_json(folder / "config.json", config)
     return folder

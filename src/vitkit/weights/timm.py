@@ -3,12 +3,14 @@ writing is a plain state dict (safetensors, or a pickle for ``.pth``/``.pt``/``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..fileio import atomic_write
-from .checkpoint import Checkpoint, architecture_from_metadata, architecture_metadata
+from .checkpoint import (Checkpoint, architecture_from_metadata, architecture_metadata, run_meta_from_metadata,
+                         run_metadata)
 from .files import StateDict
 
 
@@ -20,12 +22,13 @@ def from_state_dict(sd: StateDict, source: str, metadata: dict[str, str] | None 
     """Tensors vitkit lacks (register tokens, attention-pool heads) are left in, so loading names them.
     A file vitkit wrote names its model in ``metadata`` (the safetensors header)."""
     name, kwargs = architecture_from_metadata(metadata or {})
-    return Checkpoint(dict(sd), source, "timm", kwargs, name)
+    return Checkpoint(dict(sd), source, "timm", kwargs, name, run_meta_from_metadata(metadata or {}))
 
 
-def save_timm(model: nn.Module, path: str | Path) -> Path:
+def save_timm(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write the model's weights under timm's names, for ``timm`` or any tool that reads its state dicts;
-    a safetensors file also names the vitkit model in its header (timm ignores it)."""
+    a safetensors file also names the vitkit model, and ``meta``'s classes, mean and std (default: those
+    the model was loaded with), in its header, which timm ignores. A ``.pth`` keeps the tensors alone."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -33,5 +36,6 @@ def save_timm(model: nn.Module, path: str | Path) -> Path:
     if path.suffix in (".pth", ".pt", ".bin"):
         return atomic_write(path, lambda tmp: torch.save(sd, tmp))
     from safetensors.torch import save_file
-    metadata = {"format": "pt", **architecture_metadata(model)}
+    meta = getattr(model, "checkpoint_meta", {}) if meta is None else meta
+    metadata = {"format": "pt", **architecture_metadata(model), **run_metadata(meta)}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata))
