@@ -383,7 +383,8 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             _log(self.info, f"training {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on "
-                            f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, "
+                            f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, as "
+                            f"{self.in_chans}x{self.img_size}x{self.img_size} inputs, "
                             f"{self.precision}, {self.info.world_size} process(es), {torch.get_num_threads()} threads")
         if self.cfg.distill_cache and self.progress["epoch"] < self.cfg.epochs:
             start = time.perf_counter()
