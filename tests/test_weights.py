@@ -296,6 +296,12 @@ def test_head_count_guess_and_refusal(tmp_path):
         assert load_model(tmp_path / "d1280.safetensors").blocks[0].attn.num_heads == 16
 
 
+def test_a_name_the_weights_contradict_is_warned_of(tmp_path):
+    save_timm(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "mini.safetensors")
+    with pytest.warns(UserWarning, match=r"not vit_small_patch16_224's size \(embed_dim 384 vs 128; depth 12 vs 6"):
+        model = load_model(tmp_path / "mini.safetensors", "vit_small_patch16_224")
+    assert model.embed_dim == 128  # the tensors decide the sizes
+
 def test_a_pth_of_an_sl_vit_asks_for_its_name(tmp_path):
     """A .pth keeps tensors only, and SL-ViT's linear patch projection does not show the patch size."""
     model = vitkit.create_model("sl_vit_mini_patch4_28").eval()

@@ -71,8 +71,15 @@ def _without_head(sd: StateDict, stored_classes: int, num_classes: int) -> State
     return {k: v for k, v in sd.items() if not k.startswith(HEADS)}
 
 
+# What a model name fixes that the weights show as well (the tensors win; a difference is warned of).
+_SHAPING = ("embed_dim", "depth", "mlp_ratio", "patch_size", "in_chans", "class_token")
+
+
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
-    native = {**base, **infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    found = {**infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    if name and name != ckpt.model_name:  # the caller's name (a file's own may carry its own kwargs)
+        _check_name_fits(ckpt.source, name, base, found, overrides)
+    native = {**base, **found}
     kwargs = {**native, **overrides}
     if "patch_size" not in kwargs:  # SL-ViT's linear projection over shifted patches does not show it
         raise VitkitError(f"{ckpt.source}: the weights do not say their patch size (a linear patch embedding, "
@@ -87,6 +94,19 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
     return model
+
+
+def _check_name_fits(source: str, name: str, base: dict[str, Any], found: dict[str, Any],
+                     overrides: dict[str, Any]) -> None:
+    """The tensors decide the sizes and the name the rest (its layers, what the file does not say), so a
+    name may stand for a family (an SL-ViT of another depth); where the two differ, the caller is told."""
+    def differ(a: Any, b: Any) -> bool:
+        return abs(a - b) > 1e-6 if isinstance(a, float) or isinstance(b, float) else to_2tuple(a) != to_2tuple(b)
+    clash = [f"{k} {base[k]} vs {found[k]}" for k in _SHAPING
+             if k in base and k in found and k not in overrides and differ(base[k], found[k])]
+    if clash:
+        warnings.warn(f"{source}: the weights are not {name}'s size ({'; '.join(clash)}: the name's vs the "
+                      "weights'); building the weights' model with the name's layers", stacklevel=4)
 
 
 def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Module:
