@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,18 +29,18 @@ def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
                      reducing_gap=3.0)
 
 
-def resize_images(x: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
-    """Resize a uint8 [N,C,H,W] tensor to ``size`` x ``size`` (bicubic, antialiased when
-    shrinking), in chunks so the float copy never holds the whole dataset."""
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 [N,C,H,W] tensor (C 1 or 3) to ``size`` x ``size`` with :func:`resize_center_crop`,
+    image by image: the built-in datasets at another size are then exactly what ``predict`` and
+    ``serve`` make of the same picture as a file (torch's bicubic differed by ~3 grey levels on
+    average, up to 33, upsampling digits). ~35 us an image at 56 px."""
     if x.shape[-2:] == (size, size):
         return x
-    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
-    antialias = size < max(x.shape[-2:])
-    for i in range(0, x.shape[0], chunk):
-        y = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bicubic", align_corners=False,
-                          antialias=antialias)
-        out[i:i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+    mode = {1: "L", 3: "RGB"}[x.shape[1]]
+    arrays = x.permute(0, 2, 3, 1).numpy()
+    out = np.stack([np.asarray(resize_center_crop(Image.fromarray(a[..., 0] if mode == "L" else a), size))
+                    for a in arrays])
+    return torch.from_numpy(out.reshape(len(x), size, size, -1)).permute(0, 3, 1, 2).contiguous()
 
 
 def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
