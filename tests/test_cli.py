@@ -211,6 +211,11 @@ def test_models_lists_counts(capsys):
     (["train", "--model", "vit_nope", "--dataset", "digits", "--epochs", "1"], "unknown model 'vit_nope'"),
     (["samples", "--dataset", "digits", "--out", "/proc/version"], "/proc/version: "),
     (["train", "--resume", "run", "--config", "r.yaml"], "--config r.yaml would not be read"),
+    (["train", "--resume", "run", "--overwrite"], "choose one"),
+    (["train", "--set", "model_kwargs={depth:7}", "--epochs", "1"], "write a space after each colon"),
+    (["train", "--set", "patch_drop_schedule={1: 0.75, 16:0}", "--epochs", "1"], "16:0 as the number 960"),
+    (["train", "--dataset", "folder:", "--epochs", "1"], "folder: needs the folder's path"),
+    (["samples", "--dataset", "digits", "--split", "all", "--out", "s"], "split 'all' is for folders"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], capture_output=True, text=True, cwd=tmp_path,

@@ -29,6 +29,7 @@ def test_registry_names_and_errors():
               "vit_mini_patch4_28"]:
         assert n in names
     assert vitkit.list_models("vit_base*") == sorted(n for n in names if n.startswith("vit_base"))
+    assert vitkit.list_models("ViT_Base*") == vitkit.list_models("vit_base*")  # as typed in a paper
     with pytest.raises(ValueError, match="unknown model"):
         vitkit.create_model("vit_enormous_patch3_1")
 

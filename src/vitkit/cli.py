@@ -31,10 +31,14 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         if not sep:
             raise VitkitError(f"--set expects key=value, got {item!r}")
         try:
-            out[key.strip().replace("-", "_")] = parse_yaml(value)
+            parsed = parse_yaml(value)
         except yaml.YAMLError as e:
             raise VitkitError(f"--set {item}: not a YAML value ({str(e).splitlines()[0]}); quote strings, "
                               "e.g. --set 'model_kwargs={depth: 7}'") from None
+        if isinstance(parsed, dict) and None in parsed.values():  # {depth:7} is one key "depth:7" to YAML
+            raise VitkitError(f"--set {item}: write a space after each colon, e.g. --set 'model_kwargs={{depth: 7}}' "
+                              "(YAML reads depth:7 as one word, and 16:0 as the number 960)")
+        out[key.strip().replace("-", "_")] = parsed
     return out
 
 
@@ -80,6 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _run_overrides(args, model=args.model)
     if args.resume:
+        if args.overwrite:
+            raise VitkitError(f"--resume {args.resume} continues the run and --overwrite would delete it; "
+                              "choose one")
         if args.output and Path(args.output).resolve() != Path(args.resume).resolve():
             raise VitkitError(f"--resume {args.resume} continues that run in its own folder; drop --output "
                               f"{args.output}")
@@ -496,7 +503,8 @@ def add_samples(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("samples", help="write a few dataset images as PNG files")
     p.add_argument("--dataset", required=True, help="fashion-mnist | digits | folder:PATH")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to draw from")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="split to draw from (all: every image of a folder)")
     p.add_argument("--count", type=_positive_int, default=8, help="images to write")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     p.add_argument("--out", required=True, help="folder for the PNG files (named <index>_<class>.png)")

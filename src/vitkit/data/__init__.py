@@ -63,6 +63,8 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     if img_size is not None and img_size < 1:
         raise VitkitError(f"img_size must be positive, got {img_size}")
     if spec.startswith("folder:"):
+        if not spec[len("folder:"):].strip():
+            raise VitkitError("folder: needs the folder's path, e.g. folder:~/photos")
         return load_folder(spec[len("folder:"):], split, img_size=img_size or 224, in_chans=in_chans or 3,
                            val_fraction=val_fraction, seed=seed)
     if split == "all" and spec in DATASETS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import IO
@@ -105,8 +106,10 @@ def _header(source: Path | IO[bytes], name: str | Path, max_pixels: int | None) 
             raise VitkitError(f"{name}: unreadable image data (corrupt, truncated, or not really a {ext} file)") \
                 from None
         raise VitkitError(f"{name}: not an image format Pillow can read (extension {ext or 'none'})") from None
-    except Image.DecompressionBombError:  # beyond twice Pillow's own limit, before our check
-        raise _too_large(name, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, limit {limit:,}") from None
+    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
+        size = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's message: "Image size (N pixels) exceeds ..."
+        said = f"{int(size[1]):,} pixels" if size else f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+        raise _too_large(name, f"{said}, limit {limit:,}") from None
     except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
         raise VitkitError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from None
     w, h = im.size

@@ -41,7 +41,7 @@ def register_model(name: str, builder: Callable[..., nn.Module], description: st
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style pattern, e.g. ``list_models("vit_base*")``."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern.lower()))  # names are lower case
 
 
 def get_model_spec(name: str) -> ModelSpec:

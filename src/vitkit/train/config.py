@@ -165,7 +165,7 @@ class TrainConfig:
         """The same run with its existing input paths made absolute: the config stored in a run must
         still find its data, teacher and weights when eval, resume or finetune start from elsewhere."""
         def absolute(path: str | None) -> str | None:
-            if path is None or not Path(path).expanduser().exists():
+            if not path or not Path(path).expanduser().exists():  # "" would become the working directory
                 return path  # a missing path is reported later, as typed
             return str(Path(path).expanduser().resolve())
 
