@@ -374,6 +374,7 @@ def test_a_model_the_recipe_cannot_build_is_one_clear_error(tmp_path, bad, messa
     (lambda c: {**c, "std": ["0.5"]}, "one value per input channel"),
     (lambda c: {**c, "model": "vit_nonexistent"}, "unknown model 'vit_nonexistent'"),
     (lambda c: {**c, "classes": ["a", "a"]}, "classes must be a list of distinct names"),
+    (lambda c: {**c, "classes": ["a", "b", "c"]}, "config lists 3 classes but the head has 2 outputs"),
 ])
 def test_a_hand_edited_config_that_contradicts_the_weights_names_the_file(tmp_path, edit, message):
     model = vitkit.create_model("vit_mini_patch4_28", **DIGITS_MODEL, in_chans=1, num_classes=2)

@@ -49,8 +49,9 @@ def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any
     """The file's metadata as it holds for the model built: an override of the input size or channels
     is the model's now, and class names of a replaced head name nothing."""
     meta = {**meta, **{k: overrides[k] for k in ("img_size", "in_chans") if k in meta and k in overrides}}
-    if "classes" in meta and len(meta["classes"]) != getattr(model, "num_classes", len(meta["classes"])):
-        meta.pop("classes")
+    if "num_classes" in overrides and len(meta.get("classes", ())) != overrides["num_classes"]:
+        meta.pop("classes", None)  # a new head: the old names name nothing (a config that disagrees with
+                                   # its own head is left for load_checkpoint to refuse, by file name)
     return meta
 
 
