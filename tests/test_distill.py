@@ -100,14 +100,16 @@ def test_ema_is_the_bias_corrected_weighted_mean_of_the_steps():
 
 def test_deit_recipe_trains_with_ema(tmp_path):
     """Mixup, CutMix, RandAugment, erasing, repeated augmentation and EMA together still learn digits."""
-    cfg = digits_config(tmp_path, epochs=6, randaugment="rand-m9-n2-mstd0.5", mixup=0.8, cutmix=1.0, reprob=0.25,
-                        repeated_aug=2, ema_decay=0.9, label_smoothing=0.1, crop_padding=1, drop_path_rate=0.1)
+    cfg = digits_config(tmp_path, epochs=10, randaugment="rand-m5-n1-mstd0.5", mixup=0.8, cutmix=1.0, mixup_prob=0.5,
+                        reprob=0.25, repeated_aug=2, ema_decay=0.9, label_smoothing=0.1, crop_padding=1,
+                        drop_path_rate=0.1)
     report = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("raw_top1" in r for r in rows)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    # chance is 0.10; so much regularisation on 1,437 tiny images learns slowly (plain training: 0.73)
-    assert report["top1"] > 0.15
+    # chance is 0.10; all of it together on 1,437 8-px images learns slowly (plain training: 0.73 in 8 epochs).
+    # Milder than DeiT's m9 and every batch mixed, which stayed near chance for some seeds: 0.49-0.59 over 3
+    assert report["top1"] > 0.3
 
 
 # the plain DeiT student, and the recipe's: SL-ViT, mean-pooled, a patch-dropout schedule, cached teacher
