@@ -201,8 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{spec} [{split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%  "
-              f"top-5 {100 * metrics['top5']:.2f}%")
+        top5 = f"  top-5 {100 * metrics['top5']:.2f}%" if len(cfg["classes"]) > 5 else ""  # else always 100%
+        print(f"{spec} [{split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%{top5}")
         for name, acc in metrics["per_class"].items():
             print(f"  {name:>20s}  {100 * acc:6.2f}%")
         print(f"confusion matrix: {out / 'confusion.png'}")

@@ -421,7 +421,8 @@ class Trainer:
                   **metrics}
         write_json(self.out / "eval.json", report)
         plot_confusion(metrics["confusion"], self.classes, self.out / "confusion.png")
-        _log(self.info, f"done: top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+        top5 = f"top-5 {100 * metrics['top5']:.2f}%  " if len(self.classes) > 5 else ""  # else always 100%
+        _log(self.info, f"done: top-1 {100 * metrics['top1']:.2f}%  {top5}"
                         f"training {self.progress['train_seconds']:.0f}s -> {self.out}")
         return report
 
