@@ -296,6 +296,31 @@ def test_head_count_guess_and_refusal(tmp_path):
         assert load_model(tmp_path / "d1280.safetensors").blocks[0].attn.num_heads == 16
 
 
+@pytest.mark.parametrize("length_bytes", [b"\x80", b"PK"])
+def test_a_safetensors_header_length_that_looks_like_a_pickle_or_zip_is_still_read_as_safetensors(tmp_path,
+                                                                                                  length_bytes):
+    """The 8-byte header length comes first: 1 file in 32 starts with 0x80 (a pickle's first byte), and a
+    header of 19,280 bytes starts with "PK" (a zip's)."""
+    from vitkit.weights.files import sniff
+    model = vitkit.create_model("vit_mini_patch4_28").eval()
+
+    def save(n: int) -> Path:
+        return save_timm(model, tmp_path / "w.safetensors", {"classes": ["c" * n] + list("123456789")})
+
+    def header_length(n: int) -> int:
+        return int.from_bytes(save(n).read_bytes()[:8], "little")
+
+    want = int.from_bytes(length_bytes, "little")
+    while want < header_length(1):  # the smallest header length that starts with these bytes
+        want += 256 ** len(length_bytes)
+    n = 1 + want - header_length(1)  # each character of the name adds one byte; padding rounds to 8
+    n = next(m for m in range(max(1, n - 8), n + 9) if header_length(m) == want)
+    path = save(n)
+    assert path.read_bytes()[:len(length_bytes)] == length_bytes and sniff(path) == "safetensors"
+    back = load_model(path)
+    assert back.blocks[0].attn.num_heads == 4 and back.checkpoint_meta["classes"][0] == "c" * n
+
+
 def test_a_name_the_weights_contradict_is_warned_of(tmp_path):
     save_timm(vitkit.create_model("vit_mini_patch4_28"), tmp_path / "mini.safetensors")
     with pytest.warns(UserWarning, match=r"not vit_small_patch16_224's size \(embed_dim 384 vs 128; depth 12 vs 6"):

@@ -25,12 +25,14 @@ def sniff(path: Path) -> str:
     """'safetensors', 'torch' (zip or legacy pickle) or 'npz', from the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(9)
+    # safetensors first: its header length (8 bytes, little-endian) can begin with 0x80 or "PK" itself,
+    # but only it is followed by "{" and fits in the file
+    if len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8:
+        return "safetensors"
     if head[:2] == b"PK":
         return _zip_kind(path)
     if head[:1] == b"\x80":
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 0:
-        return "safetensors"
     raise VitkitError(f"{path}: not a weights file (expected safetensors, a PyTorch checkpoint or an .npz)")
 
 
