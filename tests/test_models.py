@@ -326,3 +326,25 @@ def test_sincos_pos_embed_equals_vit_pytorch_and_is_fixed(tmp_path):
         VisionTransformer(**TINY, pos_embed="rope")
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d_pos_embed((2, 2), 66)
+
+
+@pytest.mark.parametrize("name, change", [("vit_mini_patch4_28", dict(num_classes=5, zero_init=True)),
+                                          ("vit_mini_patch4_28", dict(num_classes=10, global_pool="avg")),
+                                          ("deit_mini_distilled_patch4_28", dict(num_classes=4)),
+                                          ("resnet_mini_28", dict(num_classes=3))])
+def test_a_checkpoint_saved_after_reset_classifier_rebuilds_that_model(tmp_path, name, change):
+    from vitkit.weights import load_model, save_vitkit
+    model = vitkit.create_model(name).eval()
+    model.reset_classifier(**change)
+    if hasattr(model, "head"):
+        torch.nn.init.normal_(model.head.weight)  # a head the reload must keep, not re-draw
+    save_vitkit(model, tmp_path / "m")
+    back = load_model(tmp_path / "m").eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(back(x), model(x)) and back(x).shape == (2, change["num_classes"])
+
+
+def test_token_pooling_cannot_be_chosen_without_a_class_token():
+    model = vitkit.create_model("vit_mini_patch4_28", class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="needs the \\[class\\] token"):
+        model.reset_classifier(10, global_pool="token")

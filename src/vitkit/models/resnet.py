@@ -139,6 +139,8 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if hasattr(self, "model_kwargs"):  # so that a checkpoint saved afterwards has this head
+            self.model_kwargs = {**self.model_kwargs, "num_classes": num_classes}
         if zero_init and num_classes > 0:
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)

@@ -119,16 +119,23 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None,
                          zero_init: bool = False) -> None:
-        """Swap the head for ``num_classes`` outputs; ``zero_init`` is the paper's fine-tuning head."""
+        """Swap the head for ``num_classes`` outputs; ``zero_init`` is the paper's fine-tuning head.
+
+        ``model_kwargs`` follows, so that a checkpoint saved afterwards rebuilds this model."""
         if global_pool is not None:
             if global_pool == "map" and self.attn_pool is None:
                 raise ValueError("attention pooling cannot be added to a model built without it: build it with "
                                  "global_pool='map'")
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs the [class] token this model was built without")
             if global_pool != "map":
                 self.attn_pool = None
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = self.new_head(zero_init)
+        if hasattr(self, "model_kwargs"):  # set by create_model and the loaders
+            self.model_kwargs = {**self.model_kwargs, "num_classes": num_classes, "global_pool": self.global_pool,
+                                 "fc_norm": isinstance(self.fc_norm, nn.LayerNorm)}  # as built, not as pooling implies
 
     def new_head(self, zero_init: bool = False) -> nn.Module:
         """A freshly initialised ``num_features`` -> ``num_classes`` linear layer (Identity for 0 classes)."""

@@ -28,13 +28,12 @@ def load_pretrained(source: str | Path, img_size: int | None = None, patch_size:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Drop the pretraining head (pre-logits included) for a zero-initialised D×K linear layer."""
-    kwargs = {**model.model_kwargs, "num_classes": num_classes}
     if not isinstance(getattr(model, "pre_logits", nn.Identity()), nn.Identity):
         model.pre_logits = nn.Identity()
         model.num_features = model.embed_dim
-        kwargs["representation_size"] = None
-    model.reset_classifier(num_classes, zero_init=True)
-    model.model_kwargs = kwargs
+        if hasattr(model, "model_kwargs"):
+            model.model_kwargs = {**model.model_kwargs, "representation_size": None}
+    model.reset_classifier(num_classes, zero_init=True)  # which keeps model_kwargs' num_classes in step
     return model
 
 
