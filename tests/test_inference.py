@@ -165,6 +165,24 @@ def test_torchscript_export_parity(model, images, reference, tmp_path):
     assert (out - reference).abs().max().item() <= 1e-5
 
 
+def test_a_dynamic_size_model_exports_to_onnx_at_another_size(tmp_path):
+    """ONNX has no antialiased bicubic: the position embeddings resampled for the traced size go in as
+    constants, the numbers the PyTorch model computes on the fly."""
+    model = create_model("vit_mini_patch4_28", dynamic_img_size=True).eval()
+    x = torch.randn(3, 1, 56, 40)
+    runner = OnnxClassifier(export(model, tmp_path / "m.onnx", img_size=(56, 40)), threads=1)
+    with torch.no_grad():
+        assert (runner(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_a_cnn_exports_at_the_size_given(tmp_path):
+    x = torch.randn(2, 3, 64, 64)
+    model = create_model("resnet18", num_classes=4).eval()  # registered without a size
+    runner = OnnxClassifier(export(model, tmp_path / "r.onnx", img_size=64), threads=1)
+    with torch.no_grad():
+        assert (runner(x) - model(x)).abs().max().item() <= 1e-4
+
+
 def test_export_errors(model, tmp_path):
     with pytest.raises(VitkitError, match="format"):
         export(model, tmp_path / "m.x", format="tflite")

@@ -6,8 +6,11 @@ torch's TorchScript-based exporter: the newer ``dynamo=True`` exporter needs
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -23,11 +26,28 @@ def _sample_input(model: nn.Module, img_size: int | tuple[int, int] | None) -> t
 
     A ViT knows its size from its patch embedding; a vitkit CNN records the size it was built for."""
     source = getattr(model, "patch_embed", model)
-    if not hasattr(source, "in_chans") or getattr(source, "img_size", None) is None:
-        raise VitkitError(f"cannot tell the input size of this {type(model).__name__}; export a vitkit model")
-    size = source.img_size if img_size is None else img_size
+    size = getattr(source, "img_size", None) if img_size is None else img_size
+    if not hasattr(source, "in_chans") or size is None:
+        raise VitkitError(f"cannot tell the input size of this {type(model).__name__}; pass img_size, or export "
+                          "a vitkit model")
     h, w = (size, size) if isinstance(size, int) else size
     return torch.randn(2, source.in_chans, h, w)
+
+
+@contextlib.contextmanager
+def _position_embeddings_as_constant(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """A dynamic-size ViT traced at another size resamples its position embeddings with an antialiased
+    bicubic (timm's), which ONNX has no operator for. The trace fixes the size anyway, so they are
+    resampled once here, by the same function, and enter the graph as a constant: the same numbers."""
+    if not getattr(model, "dynamic_img_size", False):
+        yield
+        return
+    from ..models import vit
+
+    _, h, w, _ = model.patch_embed(x).shape
+    resampled = vit.resample_abs_pos_embed(model.pos_embed, (h, w), model.grid_size, model.num_prefix_tokens)
+    with mock.patch.object(vit, "resample_abs_pos_embed", lambda *args, **kwargs: resampled):
+        yield
 
 
 def export(model: nn.Module, path: str | Path, format: str = "onnx",
@@ -48,9 +68,10 @@ def export(model: nn.Module, path: str | Path, format: str = "onnx",
         # and about its own deprecation; neither is something a user of vitkit can act on.
         warnings.simplefilter("ignore")
         if format == "onnx":
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            with _position_embeddings_as_constant(model, x):
+                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                                  input_names=["images"], output_names=["logits"],
+                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         else:
             torch.jit.save(torch.jit.trace(model, x), str(path))
     return path
