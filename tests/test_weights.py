@@ -199,6 +199,8 @@ def test_hf_export_refuses_what_hf_cannot_express():
     model = load_model(FIXTURES / "b_tiny_avgpool_noclstoken" / "model.safetensors", num_heads=2)
     with pytest.raises(VitkitError, match="averaging"):
         save_hf(model, "unused")
+    with pytest.raises(VitkitError, match="fc_norm"):  # HF's ViT has no place for it: it would be dropped
+        save_hf(vitkit.create_model("vit_mini_patch4_28", fc_norm=True), "unused")
 
 
 # --- timm and vitkit checkpoints -------------------------------------------------------------

@@ -192,6 +192,7 @@ def _check_exportable(model: nn.Module) -> None:
         "it pools by averaging or attention (HF ViT uses the [class] token)":
             getattr(model, "global_pool", "") != "token",
         "it has LayerScale (ls1/ls2)": not isinstance(model.blocks[0].ls1, nn.Identity),
+        "it norms the pooled token (fc_norm) instead of all tokens": not isinstance(model.fc_norm, nn.Identity),
         "it has a pre-logits layer and a head (HF's ViTForImageClassification has no pooler)":
             model.num_classes > 0 and not isinstance(model.pre_logits, nn.Identity),
     }
