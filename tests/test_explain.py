@@ -10,7 +10,7 @@ from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.explain import (attention_distance, attention_distance_figure, attention_maps, attention_rollout,
-                            class_attention, explain_images, filter_components, mean_attention_distance,
+                            class_attention, explain_images, filter_components, mean_attention_distance, model_figures,
                             patch_distances, pos_embed_similarity, record_attention, rollout)
 from vitkit.models import Attention, DistilledVisionTransformer, VisionTransformer
 
@@ -261,3 +261,17 @@ def test_attention_distance_figure(model, x, tmp_path):
     dist = attention_distance_figure(model, [x], tmp_path / "distance.png")
     assert dist.shape == (2, 2) and (dist > 0).all() and (dist < 32 * 2 ** 0.5).all()
     assert (tmp_path / "distance.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, out: attention_rollout(m, x), lambda m, x, out: attention_maps(m, x),
+    lambda m, x, out: filter_components(m), lambda m, x, out: pos_embed_similarity(m),
+    lambda m, x, out: model_figures(m, out), lambda m, x, out: attention_distance_figure(m, [x], out / "d.png"),
+    lambda m, x, out: explain_images(m, x, None, ["a.png"], None, out)])
+def test_a_model_without_patches_or_attention_is_a_clear_error(call, tmp_path):
+    from vitkit.inference import prepare_for_inference
+    from vitkit.models import create_model
+    x = torch.randn(1, 1, 28, 28)
+    for m in (create_model("resnet_mini_28").eval(), prepare_for_inference(create_model("vit_mini_patch4_28"))):
+        with pytest.raises(VitkitError, match="explain reads a Vision Transformer"):
+            call(m, x, tmp_path)

@@ -212,6 +212,13 @@ def test_recipe_values_of_the_wrong_type_are_named(values, message):
         TrainConfig.from_dict(values)
     assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers
 
+@pytest.mark.parametrize("bad, message", [(dict(epochs=0), "epochs must be positive"),
+                                          (dict(precision="fp16"), "precision must be auto, fp32 or bf16")])
+def test_a_config_built_in_python_is_checked_by_train(tmp_path, bad, message):
+    with pytest.raises(VitkitError, match=message):
+        train(TrainConfig(dataset="digits", output=str(tmp_path / "r"), **bad))
+    assert not (tmp_path / "r").exists()
+
 def test_every_recipe_field_refuses_a_value_of_the_wrong_type():
     """Guards the type checks as fields are added: each field, given a wrong kind of value, is a clear error."""
     for f in dataclasses.fields(TrainConfig):

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import VitkitError
 from .attention import forward_with_attention
-from .tokens import attention_modules, input_grid, num_prefix_tokens, patch_size
+from .tokens import attention_modules, check_vit, input_grid, num_prefix_tokens, patch_size
 
 
 def patch_distances(grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
@@ -73,7 +73,7 @@ class DistanceAccumulator:
 
 def fold_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]) -> DistanceAccumulator:
     """Run the model over ``batches`` and fold every layer's attention distance into one accumulator."""
-    mods = attention_modules(model)
+    mods = attention_modules(check_vit(model))
     acc = DistanceAccumulator(len(mods), mods[0].num_heads, patch_size(model), num_prefix_tokens(model))
     for batch in batches:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tokens import check_vit
+
 
 def filter_components(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``n`` principal components of the patch-embedding filters, and their explained-variance ratios.
@@ -36,7 +38,7 @@ def filter_components(model: nn.Module, n: int = 28) -> tuple[torch.Tensor, torc
 def image_filters(model: nn.Module) -> torch.Tensor | None:
     """The patch embedding as D filters over image pixels [D, C, P, P]; ``None`` for a hybrid,
     whose projection reads CNN feature channels and so has no picture to show."""
-    embed = model.patch_embed
+    embed = check_vit(model).patch_embed
     if hasattr(embed, "backbone"):
         return None
     return (embed.filters() if hasattr(embed, "filters") else embed.proj.weight).detach().float()
@@ -49,7 +51,7 @@ def pos_embed_similarity(model: nn.Module) -> torch.Tensor:
     prefix tokens' embeddings are left out. The grid is the one the embeddings were
     learned at (the model's ``grid_size``).
     """
-    gh, gw = model.patch_embed.grid_size
+    gh, gw = check_vit(model).patch_embed.grid_size
     pos = model.pos_embed.detach().float()[0, -gh * gw:]  # patch entries come last
     pos = F.normalize(pos, dim=-1)
     return (pos @ pos.T).reshape(gh, gw, gh, gw)

@@ -25,6 +25,15 @@ def attention_modules(model: nn.Module) -> list[Attention]:
     return mods
 
 
+def check_vit(model: nn.Module) -> nn.Module:
+    """``model``, if it is a Vision Transformer these tools can read (patches, blocks), else a clear error."""
+    if not (hasattr(model, "patch_embed") and hasattr(model, "blocks")):
+        hint = " (explain the model itself, not its prepare_for_inference copy)" if hasattr(model, "model") else ""
+        raise VitkitError(f"explain reads a Vision Transformer's patches and attention; a {type(model).__name__} "
+                          f"has none{hint}")
+    return model
+
+
 def num_prefix_tokens(model: nn.Module) -> int:
     return int(getattr(model, "num_prefix_tokens", 0))
 
@@ -43,7 +52,7 @@ def input_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise VitkitError(f"expected a batch of images [B, C, H, W], got {shape}")
     _, c, h, w = x.shape
-    pe = model.patch_embed
+    pe = check_vit(model).patch_embed
     if c != pe.in_chans:
         raise VitkitError(f"model expects {pe.in_chans}-channel images, got {c} channels")
     ph, pw = patch_size(model)

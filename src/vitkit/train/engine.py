@@ -431,6 +431,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Train (or resume) a run described by ``cfg``; returns the final report on rank 0.
 
     A new run refuses an output folder that holds one already unless ``overwrite``."""
+    cfg.validate()  # a TrainConfig built in Python has not been through from_dict's checks
     _check_inputs_exist(cfg)
     with training_lock(cfg.output):
         if not resume:
