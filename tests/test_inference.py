@@ -114,6 +114,12 @@ def test_big_batches_run_in_slices_with_the_same_result(monkeypatch):
     torch.testing.assert_close(sliced, whole, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_an_empty_batch_gives_empty_logits(model, precision):
+    out = prepare_for_inference(model, precision)(torch.randn(0, 1, 28, 28))
+    assert out.shape == (0, model.num_classes) and out.dtype == torch.float32
+
+
 def test_auto_picks_a_supported_precision(model, images):
     prepared = prepare_for_inference(model, "auto")
     assert prepared.precision in ("fp32", "bf16")
@@ -154,6 +160,8 @@ def test_onnx_export_parity(model, images, reference, tmp_path):
     out = runner(images)  # a batch size other than the traced one
     assert out.dtype == torch.float32
     assert (out - reference).abs().max().item() <= 1e-4
+    with pytest.raises(VitkitError, match=r"mini\.onnx: takes images of shape \[batch, 1, 28, 28\], got \[2, 1, 56, 28\]"):
+        runner(torch.randn(2, 1, 56, 28))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")

@@ -59,10 +59,11 @@ def export(model: nn.Module, path: str | Path, format: str = "onnx",
     """
     if format not in FORMATS:
         raise VitkitError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    model = model.eval()
     x = _sample_input(model, img_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about the input-shape checks in PatchEmbed (fixed at trace time, as intended)
         # and about its own deprecation; neither is something a user of vitkit can act on.
@@ -74,6 +75,7 @@ def export(model: nn.Module, path: str | Path, format: str = "onnx",
                                   dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         else:
             torch.jit.save(torch.jit.trace(model, x), str(path))
+    model.train(was_training)  # the caller's model as it was (it is traced in eval mode)
     return path
 
 
@@ -118,5 +120,9 @@ class OnnxClassifier:
                               "an earlier run?); export this checkpoint again")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        given = tuple(x.shape[1:])
+        if x.ndim != 4 or any(want is not None and want != got for want, got in zip(self.input_shape, given)):
+            raise VitkitError(f"{self.path}: takes images of shape [batch, {', '.join(map(str, self.input_shape))}], "
+                              f"got {list(x.shape)}")
         x = x.detach().to(torch.float32).contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])

@@ -50,6 +50,8 @@ class InferenceModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Big batches in slices unless the process keeps freed memory (see ``slice_size``), decided
         at each call, since a caller may keep freed memory after preparing the model."""
+        if x.shape[0] == 0:  # int8's quantized kernels cannot take an empty batch: one image gives the shape
+            return self.run(x.new_zeros(1, *x.shape[1:]), None)[:0]
         return self.run(x, None if freed_memory_kept() else self.slice_images)
 
     def run(self, x: torch.Tensor, slice_images: int | None) -> torch.Tensor:
