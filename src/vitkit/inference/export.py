@@ -63,19 +63,21 @@ def export(model: nn.Module, path: str | Path, format: str = "onnx",
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        # The tracer warns about the input-shape checks in PatchEmbed (fixed at trace time, as intended)
-        # and about its own deprecation; neither is something a user of vitkit can act on.
-        warnings.simplefilter("ignore")
-        if format == "onnx":
-            with _position_embeddings_as_constant(model, x):
-                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                                  input_names=["images"], output_names=["logits"],
-                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        else:
-            torch.jit.save(torch.jit.trace(model, x), str(path))
-    model.train(was_training)  # the caller's model as it was (it is traced in eval mode)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The tracer warns about the input-shape checks in PatchEmbed (fixed at trace time, as intended)
+            # and about its own deprecation; neither is something a user of vitkit can act on.
+            warnings.simplefilter("ignore")
+            model.eval()
+            if format == "onnx":
+                with _position_embeddings_as_constant(model, x):
+                    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                                      input_names=["images"], output_names=["logits"],
+                                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            else:
+                torch.jit.save(torch.jit.trace(model, x), str(path))
+    finally:
+        model.train(was_training)  # the caller's model as it was (it is traced in eval mode)
     return path
 
 
