@@ -178,8 +178,14 @@ def test_resume_with_ema_switched_on_names_the_setting(tmp_path):
 
 def test_resume_refuses_another_model_dataset_or_fewer_epochs(tmp_path):
     train(digits_config(tmp_path, epochs=2))
-    with pytest.raises(VitkitError, match=r"same model on the same data \(dataset 'digits' -> 'fashion-mnist'\)"):
+    with pytest.raises(VitkitError, match=r"keeps its model, data, batches and optimiser \(dataset 'digits' -> "
+                                          r"'fashion-mnist'\)"):
         train(digits_config(tmp_path, epochs=3, dataset="fashion-mnist"), resume=True)
+    # the schedule's step would pass its end, a folder would re-split, the optimiser keeps its own settings
+    for change in (dict(batch_size=64), dict(seed=7), dict(val_fraction=0.5), dict(weight_decay=0.5),
+                   dict(betas=(0.5, 0.6))):
+        with pytest.raises(VitkitError, match=f"{next(iter(change))} .* -> "):
+            train(digits_config(tmp_path, epochs=3, **change), resume=True)
     with pytest.raises(VitkitError, match=r"model_kwargs .* -> "):
         train(digits_config(tmp_path, epochs=3, model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2}),
               resume=True)
@@ -219,6 +225,12 @@ def test_a_config_built_in_python_is_checked_by_train(tmp_path, bad, message):
         train(TrainConfig(dataset="digits", output=str(tmp_path / "r"), **bad))
     assert not (tmp_path / "r").exists()
 
+def test_a_diverged_epoch_stops_the_run_before_it_is_saved(tmp_path):
+    """A short epoch never reaches a log_every check: the epoch's mean loss is checked too."""
+    with pytest.raises(VitkitError, match="training diverged: the mean loss of epoch 1 is nan"):
+        train(digits_config(tmp_path, epochs=2, mean=[0.5], std=[1e-30], log_every=1000))
+    assert not (tmp_path / "train_state.pt").exists() and not (tmp_path / "model.safetensors").exists()
+
 def test_every_recipe_field_refuses_a_value_of_the_wrong_type():
     """Guards the type checks as fields are added: each field, given a wrong kind of value, is a clear error."""
     for f in dataclasses.fields(TrainConfig):
@@ -250,6 +262,10 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     for reads in ({"init_from": str(tmp_path / "run")}, {"distill_from": str(tmp_path / "run" / "best")}):
         with pytest.raises(VitkitError, match="is also where this run reads"):  # --overwrite would delete it
             train(digits_config(tmp_path / "run", epochs=1, **reads), overwrite=True)
+    with pytest.raises(VitkitError, match="no_such_folder"):  # a new run that cannot start deletes nothing
+        train(digits_config(tmp_path / "run", epochs=1, dataset=f"folder:{tmp_path / 'no_such_folder'}"),
+              overwrite=True)
+    assert (tmp_path / "run" / "model.onnx").is_file() and (tmp_path / "run" / "train_state.pt").is_file()
     train(cfg, overwrite=True)
     assert not (tmp_path / "run" / "model.onnx").exists(), "a stale export would run the old model"
     assert not (tmp_path / "run" / "explain").exists(), "the old model's figures would pass for the new one's"

@@ -66,13 +66,15 @@ def training_lock(directory: str | Path) -> Iterator[None]:
                     out.rmdir()
 
 
-def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[str | None] = ()) -> None:
+def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[str | None] = (),
+                 remove: bool = True) -> None:
     """Refuse to train into a folder that holds a run, unless asked to replace it.
 
     Training over a run would silently lose it, and leave files of the old model (an exported
     model.onnx, a best/ epoch) beside the new one's. With ``overwrite`` those files are removed;
     anything else the user keeps there stays. ``inputs`` (weights, teacher, backbone the run
     reads) may not lie in the folder: replacing it would delete them before they are read.
+    ``remove=False`` only checks (the trainer checks first and deletes once the new run is built).
     """
     out = Path(directory)
     if out.exists() and not out.is_dir():
@@ -87,6 +89,8 @@ def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[st
         state = "a finished" if (out / "eval.json").is_file() else "an unfinished"
         hint = "" if state == "a finished" else f"`vitkit train --resume {out}` continues it, "
         raise VitkitError(f"{out}: holds {state} run; {hint}--overwrite replaces it, or choose another --output")
+    if not remove:
+        return
     for name in RUN_FILES:
         path = out / name
         if path.is_dir():

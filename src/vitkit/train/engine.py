@@ -103,8 +103,11 @@ def _log(info: DistInfo, msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
-# Fields that say what a run trains: a resumed run that changed one would mix two runs in one.
-RESUME_FIXED = ("model", "model_kwargs", "dataset", "data_dir", "img_size")
+# Fields that say what a run trains, and those its restored state holds: a resumed run that changed one
+# would mix two runs in one (a new batch size moves the schedule's step past its end; a new seed or
+# val_fraction re-splits a folder; the optimiser's state keeps its own weight decay and betas).
+RESUME_FIXED = ("model", "model_kwargs", "dataset", "data_dir", "img_size", "val_fraction", "seed", "batch_size",
+                "optimizer", "weight_decay", "betas", "layer_decay")
 
 
 class Trainer:
@@ -271,10 +274,11 @@ class Trainer:
         """A resumed run may change how it goes on (epochs, learning rate, ...), not what it trains."""
         given = {k: v for k, v in state.get("config", {}).items() if k in RESUME_FIXED}
         stored = dataclasses.replace(self.cfg, **given).with_absolute_paths()  # a run older than absolute paths
-        changed = [k for k in given if getattr(stored, k) != getattr(self.cfg, k)]
+        as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731 - a state file keeps lists
+        changed = [k for k in given if as_tuple(getattr(stored, k)) != as_tuple(getattr(self.cfg, k))]
         if changed:
             said = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
-            raise VitkitError(f"{self.out}: a resumed run trains the same model on the same data ({said}); "
+            raise VitkitError(f"{self.out}: a resumed run keeps its model, data, batches and optimiser ({said}); "
                               f"start a new run with --output, or fine-tune this one with `vitkit finetune`")
         done = state["progress"]["epoch"]
         if self.cfg.epochs < done:
@@ -338,7 +342,11 @@ class Trainer:
         stats = torch.stack([loss_sum, torch.tensor(float(n))])
         if self.info.enabled:
             dist.all_reduce(stats)
-        return (stats[0] / stats[1]).item()
+        mean = (stats[0] / stats[1]).item()
+        if not math.isfinite(mean):  # short epochs may never reach a log_every check; nothing is saved
+            raise VitkitError(f"training diverged: the mean loss of epoch {epoch + 1} is {mean}; lower --lr or "
+                              "raise --warmup-epochs (or check mean and std)")
+        return mean
 
     def _schedule_patch_drop(self, epoch: int) -> None:
         """The rate of the last ``patch_drop_schedule`` stage begun by this (0-based) epoch."""
@@ -433,10 +441,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     A new run refuses an output folder that holds one already unless ``overwrite``."""
     cfg.validate()  # a TrainConfig built in Python has not been through from_dict's checks
     _check_inputs_exist(cfg)
+    inputs = [cfg.init_from, cfg.distill_from, cfg.backbone_from]
     with training_lock(cfg.output):
-        if not resume:
-            claim_output(cfg.output, overwrite, inputs=[cfg.init_from, cfg.distill_from, cfg.backbone_from])
-        return Trainer(cfg, resume=resume).fit()
+        if not resume:  # refused now, before the data is read; replaced only once the new run is known to start
+            claim_output(cfg.output, overwrite, inputs=inputs, remove=False)
+        trainer = Trainer(cfg, resume=resume)
+        if not resume and trainer.info.is_main:  # one process deletes, the one that holds the lock
+            claim_output(cfg.output, overwrite, inputs=inputs)
+        barrier(trainer.info)
+        return trainer.fit()
 
 
 def _check_inputs_exist(cfg: TrainConfig) -> None:
