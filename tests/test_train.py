@@ -130,7 +130,7 @@ def test_checkpoint_for_another_architecture_names_tensor(tmp_path):
 def test_config_precedence_and_unknown_keys(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("epochs: 7\nlr: 0.01\nbatch-size: 32\n")
-    cfg = TrainConfig.from_sources(recipe, lr=0.5, epochs=None)
+    cfg = TrainConfig.from_sources(recipe, lr=0.5)
     assert (cfg.epochs, cfg.lr, cfg.batch_size) == (7, 0.5, 32)
     recipe.write_text("epochs: 7\nlearning_rate: 1\n")
     with pytest.raises(VitkitError, match="unknown training option.*learning_rate"):
@@ -230,6 +230,14 @@ def test_a_diverged_epoch_stops_the_run_before_it_is_saved(tmp_path):
     with pytest.raises(VitkitError, match="training diverged: the mean loss of epoch 1 is nan"):
         train(digits_config(tmp_path, epochs=2, mean=[0.5], std=[1e-30], log_every=1000))
     assert not (tmp_path / "train_state.pt").exists() and not (tmp_path / "model.safetensors").exists()
+
+def test_a_null_override_switches_a_recipe_option_off(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ema_decay: 0.999\nclip_grad: 1.0\nrandaugment: rand-m9\n")
+    cfg = TrainConfig.from_sources(recipe, ema_decay=None, clip_grad=None, randaugment=None)
+    assert (cfg.ema_decay, cfg.clip_grad, cfg.randaugment) == (None, None, None)
+    with pytest.raises(VitkitError, match="epochs cannot be null"):
+        TrainConfig.from_sources(recipe, epochs=None)
 
 def test_every_recipe_field_refuses_a_value_of_the_wrong_type():
     """Guards the type checks as fields are added: each field, given a wrong kind of value, is a clear error."""

@@ -65,7 +65,7 @@ DATA_DIR_HELP = "where dataset files are (else $VITKIT_DATA, system paths, downl
 
 
 def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
-    """Recipe fields given on the command line (None = not given): the flags, ``more``, then --set."""
+    """Recipe fields given on the command line: the flags and ``more`` that were given, then --set."""
     flags = dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
@@ -75,7 +75,7 @@ def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     twice = [k for k in sets if flags.get(k) is not None]
     if twice:
         raise VitkitError(f"{twice[0]} is given twice, as a flag and with --set; give it once")
-    return {**flags, **sets}
+    return {**{k: v for k, v in flags.items() if v is not None}, **sets}  # --set k=null is given: it switches k off
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,8 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               f"--config {args.config} would not be read: drop it, or change fields with flags "
                               f"or --set")
         stored = load_train_state(args.resume)["config"]
-        cfg = TrainConfig.from_dict({**stored, **{k: v for k, v in overrides.items() if v is not None},
-                                     "output": args.resume})
+        cfg = TrainConfig.from_dict({**stored, **overrides, "output": args.resume})
     else:
         cfg = TrainConfig.from_sources(args.config, **overrides)
     train(cfg, resume=bool(args.resume), overwrite=args.overwrite)

@@ -70,10 +70,11 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
-        """Defaults, then the YAML recipe, then overrides that are not None."""
+        """Defaults, then the YAML recipe, then ``overrides`` (only what was given: a None is an explicit
+        null, e.g. ``--set ema_decay=null`` switching off a recipe's EMA)."""
         recipe = load_yaml(config_file) if config_file is not None else {}
         try:
-            return cls.from_dict({**recipe, **{k: v for k, v in overrides.items() if v is not None}})
+            return cls.from_dict({**recipe, **overrides})
         except VitkitError as error:
             if recipe and _fails_alike(cls, recipe, error):  # the recipe's own value: say which file holds it
                 raise VitkitError(f"{config_file}: {error}") from None
@@ -97,6 +98,8 @@ class TrainConfig:
         for f in dataclasses.fields(cls):  # numbers must be numbers: YAML and --set hand over strings too
             kind = str(f.type).removesuffix(" | None")
             value = values.get(f.name)
+            if value is None and f.name in values and not str(f.type).endswith("| None"):
+                raise VitkitError(f"{f.name} cannot be null (only options that can be off, e.g. ema_decay, can)")
             if kind in ("int", "float") and value is not None and not _is_number(value, integer=kind == "int"):
                 raise VitkitError(f"{f.name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
             if value is not None and not isinstance(value, _KINDS.get(kind, object)):  # "false" is not False
