@@ -239,6 +239,13 @@ def test_a_null_override_switches_a_recipe_option_off(tmp_path):
     with pytest.raises(VitkitError, match="epochs cannot be null"):
         TrainConfig.from_sources(recipe, epochs=None)
 
+
+def test_model_kwargs_given_on_the_command_line_add_to_the_recipes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_kwargs: {class_token: false, global_pool: avg}\n")
+    cfg = TrainConfig.from_sources(recipe, model_kwargs={"patch_drop_rate": 0.5, "global_pool": "map"})
+    assert cfg.model_kwargs == {"class_token": False, "global_pool": "map", "patch_drop_rate": 0.5}
+
 def test_every_recipe_field_refuses_a_value_of_the_wrong_type():
     """Guards the type checks as fields are added: each field, given a wrong kind of value, is a clear error."""
     for f in dataclasses.fields(TrainConfig):

@@ -73,6 +73,9 @@ class TrainConfig:
         """Defaults, then the YAML recipe, then ``overrides`` (only what was given: a None is an explicit
         null, e.g. ``--set ema_decay=null`` switching off a recipe's EMA)."""
         recipe = load_yaml(config_file) if config_file is not None else {}
+        kwargs = [recipe.get("model_kwargs"), overrides.get("model_kwargs")]
+        if all(isinstance(k, dict) for k in kwargs):  # one entry changed, the recipe's architecture kept
+            overrides = {**overrides, "model_kwargs": {**kwargs[0], **kwargs[1]}}
         try:
             return cls.from_dict({**recipe, **overrides})
         except VitkitError as error:
