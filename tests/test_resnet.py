@@ -57,3 +57,14 @@ def test_a_cnn_exports_to_onnx_at_its_build_size(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(OnnxClassifier(path)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_cnn_weights_file_vitkit_wrote_loads_alone(tmp_path):
+    """Its header names the model: the file works as a teacher or for eval without its folder."""
+    from vitkit.train import load_checkpoint
+    from vitkit.weights import save_vitkit
+    model = vitkit.create_model("resnet_mini_28").eval()
+    save_vitkit(model, tmp_path, classes=[str(i) for i in range(10)], mean=[0.5], std=[0.25])
+    back, meta = load_checkpoint(tmp_path / "model.safetensors")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(back(x), model(x)) and meta["std"] == [0.25]

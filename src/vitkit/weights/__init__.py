@@ -38,8 +38,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if hf.is_hf(tensors):
         config = path.parent / "config.json"
         return hf.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
-    if timm.is_timm(tensors):
-        return timm.from_state_dict(tensors, str(path), safetensors_metadata(path))
+    metadata = safetensors_metadata(path)
+    if timm.is_timm(tensors) or timm.names_its_model(metadata):  # a CNN or hybrid file vitkit wrote names itself
+        return timm.from_state_dict(tensors, str(path), metadata)
     raise VitkitError(f"{path}: no ViT weights recognised (first tensor: {next(iter(tensors))})")
 
 

@@ -18,6 +18,11 @@ def is_timm(sd: StateDict) -> bool:
     return "patch_embed.proj.weight" in sd
 
 
+def names_its_model(metadata: dict[str, str] | None) -> bool:
+    """Whether a safetensors header (one vitkit wrote) names the registered model its tensors belong to."""
+    return architecture_from_metadata(metadata or {})[0] is not None
+
+
 def from_state_dict(sd: StateDict, source: str, metadata: dict[str, str] | None = None) -> Checkpoint:
     """Tensors vitkit lacks (register tokens, attention-pool heads) are left in, so loading names them.
     A file vitkit wrote names its model in ``metadata`` (the safetensors header)."""
