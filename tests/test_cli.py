@@ -263,6 +263,10 @@ def test_finetune_at_twice_the_resolution(run_dir, tmp_path):
     assert config["img_size"] == 32 and config["model_kwargs"]["img_size"] == 32
     report = json.loads((tmp_path / "ft" / "eval.json").read_text())
     assert report["top1"] > 0.4
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    from vitkit.train.optim import cosine_lr
+    steps = rows[0]["step"]  # one epoch's; the default warmup is one epoch, the default min_lr 1e-5
+    assert rows[0]["lr"] == pytest.approx(cosine_lr(steps - 1, 2 * steps, steps, 1e-3, 1e-5))  # not a group's
 
 
 def test_linear_probe_changes_only_the_head(run_dir, tmp_path):

@@ -554,3 +554,10 @@ def test_fp32_training_off_intel_uses_onednn_linears(tmp_path, monkeypatch):
         assert type(Trainer(digits_config(tmp_path / "b", precision="bf16")).model.head) is torch.nn.Linear
     finally:
         fp32_linear.onednn_pays_off.cache_clear()
+
+
+def test_fine_tuning_does_not_inherit_pretrainings_patch_dropout(tmp_path):
+    train(digits_config(tmp_path / "pre", epochs=1, model_kwargs={**DIGITS_MODEL, "patch_drop_rate": 0.5}))
+    trainer = Trainer(digits_config(tmp_path / "ft", epochs=1, init_from=str(tmp_path / "pre"), model_kwargs={}))
+    assert isinstance(trainer.model.patch_drop, torch.nn.Identity)
+    assert trainer.model.model_kwargs["patch_drop_rate"] == 0.0

@@ -134,6 +134,10 @@ class Trainer:
         self.classes = list(self.train_ds.classes)
         self.mean, self.std = self._normalisation(pretrained)
         self.model = build_model(cfg, len(self.classes), pretrained)
+        if pretrained is not None and hasattr(self.model, "set_patch_drop_rate"):  # this run's, not pretraining's
+            rate = cfg.model_kwargs.get("patch_drop_rate", 0.0)
+            self.model.set_patch_drop_rate(rate)
+            self.model.model_kwargs = {**self.model.model_kwargs, "patch_drop_rate": rate}
         if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
         if cfg.channels_last:
@@ -152,6 +156,7 @@ class Trainer:
                                               cfg.layer_decay)
         except ValueError as e:
             raise VitkitError(f"{self.model_name}: {e}") from None
+        self.scheduled_lr = cfg.lr
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
         if state is not None:
@@ -318,7 +323,7 @@ class Trainer:
         order = loader.sampler.indices() if self.teacher_cache is not None else None
         loss_sum, n = torch.zeros(()), 0
         for batch, (images, labels) in enumerate(bar):
-            lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
+            lr = self.scheduled_lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
             set_lr(self.optimizer, lr)
             x, targets = self._inputs(images, labels)
             with autocast(self.precision):
@@ -364,7 +369,7 @@ class Trainer:
     def _save_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> None:
         row = {"epoch": epoch + 1, "step": self.progress["step"], "train_loss": train_loss,
                "eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
-               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+               "lr": self.scheduled_lr, "epoch_seconds": seconds,  # the schedule's (groups may scale it)
                "train_seconds": self.progress["train_seconds"]}
         if self.ema is not None:  # the EMA is the run's model; the raw weights' accuracy shows what it adds
             row["raw_top1"] = self.evaluate(unwrap(self.model))["top1"]
