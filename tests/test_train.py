@@ -288,6 +288,13 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     (tmp_path / "run" / "eval.json").unlink()  # as if killed before the end
     with pytest.raises(VitkitError, match=r"unfinished run; `vitkit train --resume .*run` continues it"):
         train(cfg)
+    (tmp_path / "run" / "train_state.pt").unlink()  # as if killed while saving its first epoch
+    (tmp_path / "run" / ".train_state.pt.x1.tmp").write_bytes(b"half a file")
+    with pytest.raises(VitkitError, match=r"stopped before its first epoch was saved \(nothing to resume\); "
+                                          r"--overwrite replaces it"):
+        train(cfg)
+    train(cfg, overwrite=True)
+    assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
 def _folder(root: Path, per_class: int) -> None:

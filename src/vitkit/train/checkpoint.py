@@ -86,11 +86,17 @@ def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[st
     if not ((out / "config.json").is_file() or (out / STATE_NAME).is_file()):
         return
     if not overwrite:
-        state = "a finished" if (out / "eval.json").is_file() else "an unfinished"
-        hint = "" if state == "a finished" else f"`vitkit train --resume {out}` continues it, "
-        raise VitkitError(f"{out}: holds {state} run; {hint}--overwrite replaces it, or choose another --output")
+        if (out / "eval.json").is_file():
+            state, hint = "a finished run", ""
+        elif (out / STATE_NAME).is_file():
+            state, hint = "an unfinished run", f"`vitkit train --resume {out}` continues it, "
+        else:  # stopped while its first epoch was being saved
+            state, hint = "a run stopped before its first epoch was saved (nothing to resume)", ""
+        raise VitkitError(f"{out}: holds {state}; {hint}--overwrite replaces it, or choose another --output")
     if not remove:
         return
+    for stale in out.glob(".*.tmp"):  # a write that a killed process never finished (fileio.atomic_write)
+        stale.unlink(missing_ok=True)
     for name in RUN_FILES:
         path = out / name
         if path.is_dir():
