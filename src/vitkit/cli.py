@@ -211,11 +211,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _default_eval_split(spec: str, trained_on: str | None) -> str:
     """The held-out part of the dataset the model trained on; all of a folder of class folders it did not
     (its val_fraction split would score a tenth of it)."""
-    if not spec.startswith("folder:") or (trained_on or "").startswith("folder:") and \
-            Path(spec[7:]).expanduser().resolve() == Path(trained_on[7:]).expanduser().resolve():
+    def root(dataset: str | None) -> Path | None:
+        return Path(dataset[len("folder:"):]).expanduser().resolve() if (dataset or "").startswith("folder:") else None
+
+    if root(spec) is None or root(spec) == root(trained_on) or (root(spec) / "train").is_dir():
         return "test"
-    root = Path(spec[7:]).expanduser()
-    return "test" if (root / "train").is_dir() else "all"
+    return "all"
 
 
 def _default_eval_out(checkpoint: Path) -> Path:
