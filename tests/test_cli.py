@@ -278,6 +278,21 @@ def test_linear_probe_changes_only_the_head(run_dir, tmp_path):
     assert not torch_equal(before["head.weight"], after["head.weight"])
 
 
+def test_linear_probe_of_a_cnn_keeps_its_batchnorm_statistics(tmp_path):
+    from safetensors.torch import load_file
+
+    from vitkit.train import save_checkpoint
+    cnn = vitkit.create_model("resnet_mini_28", num_classes=10, in_chans=1)
+    save_checkpoint(tmp_path / "cnn", cnn, dict(classes=[str(i) for i in range(10)], mean=[0.5], std=[0.25],
+                                                img_size=28, in_chans=1))
+    assert main(["finetune", "--checkpoint", str(tmp_path / "cnn"), "--dataset", "digits", "--linear-probe",
+                 "--epochs", "1", "--batch-size", "64", "--precision", "fp32", "--output", str(tmp_path / "lp")]) == 0
+    before, after = load_file(tmp_path / "cnn" / "model.safetensors"), load_file(tmp_path / "lp" / "model.safetensors")
+    assert any("running_mean" in k for k in before)
+    assert all(torch_equal(before[k], after[k]) for k in before if not k.startswith("fc."))
+    assert not torch_equal(before["fc.weight"], after["fc.weight"])
+
+
 def test_finetune_records_and_names_the_model_of_its_checkpoint(tmp_path, capsys):
     """Not the recipe's default model name: config.json and messages say what the weights hold."""
     from vitkit.train import save_checkpoint
@@ -290,6 +305,8 @@ def test_finetune_records_and_names_the_model_of_its_checkpoint(tmp_path, capsys
     assert "error: resnet_mini_28: layer_decay needs a model with Transformer blocks" in capsys.readouterr().err
     assert main(common + ["--set", "model=vit_small_patch16_224", "--output", str(tmp_path / "b")]) == 2
     assert "model does not apply" in capsys.readouterr().err
+    assert main(common + ["--set", "init_from=elsewhere", "--output", str(tmp_path / "b")]) == 2
+    assert "starts from --checkpoint; drop --set init_from" in capsys.readouterr().err
     assert main(common + ["--output", str(tmp_path / "c")]) == 0
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["recipe"]["model"] == "resnet_mini_28" == config["model"]

@@ -193,6 +193,25 @@ def test_resume_refuses_another_model_dataset_or_fewer_epochs(tmp_path):
         train(digits_config(tmp_path, epochs=1), resume=True)
 
 
+def test_resume_may_name_the_run_s_own_size_and_unfinishes_a_finished_run(tmp_path, monkeypatch):
+    train(digits_config(tmp_path, epochs=1))  # img_size left out: the model's own, 16
+    assert (tmp_path / "eval.json").is_file()
+
+    def killed(self, epoch):
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", killed)
+    with pytest.raises(Killed):  # --img-size 16 names the size the run trained at: not a change
+        train(digits_config(tmp_path, epochs=2, img_size=16), resume=True)
+    assert not (tmp_path / "eval.json").exists(), "a run given more epochs is unfinished until they are done"
+
+
+def test_img_size_and_model_kwargs_img_size_must_agree(tmp_path):
+    with pytest.raises(VitkitError, match="img_size 24 and model_kwargs img_size 16 disagree"):
+        train(digits_config(tmp_path, img_size=24))
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_layer_decay_scales_learning_rate_by_depth():
     model = vitkit.create_model("vit_mini_patch4_28")  # depth 6
     groups = param_groups(model, 0.05, layer_decay=0.5)

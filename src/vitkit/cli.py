@@ -115,9 +115,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    if "model" in _parse_set(args.set):
+    sets = _parse_set(args.set)
+    if "model" in sets:
         raise VitkitError("vitkit finetune trains the model its --checkpoint holds, so model does not apply; give "
                           "what the weights cannot tell with --set 'model_kwargs={num_heads: N}'")
+    if "init_from" in sets:
+        raise VitkitError("vitkit finetune starts from --checkpoint; drop --set init_from")
     probe = True if args.linear_probe else None
     cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=args.checkpoint,
                                                                  layer_decay=args.layer_decay, linear_probe=probe))

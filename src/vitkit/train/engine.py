@@ -32,7 +32,7 @@ from .losses import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
-from .finetune import freeze_body, init_backbone, input_geometry, load_pretrained, replace_head
+from .finetune import body_to_eval, freeze_body, init_backbone, input_geometry, load_pretrained, replace_head
 from .fp32_linear import onednn_pays_off, use_onednn_linears
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
@@ -45,6 +45,9 @@ def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
         kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
     except ValueError as e:  # an unknown name
         raise VitkitError(str(e)) from None
+    given = cfg.model_kwargs.get("img_size")
+    if cfg.img_size and given and given != cfg.img_size:  # the data would be cut to one, the model built for the other
+        raise VitkitError(f"img_size {cfg.img_size} and model_kwargs img_size {given} disagree; give one of them")
     return kwargs.get("in_chans", 3), cfg.img_size or kwargs.get("img_size", 224)
 
 
@@ -281,6 +284,8 @@ class Trainer:
         stored = dataclasses.replace(self.cfg, **given).with_absolute_paths()  # a run older than absolute paths
         as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731 - a state file keeps lists
         changed = [k for k in given if as_tuple(getattr(stored, k)) != as_tuple(getattr(self.cfg, k))]
+        if "img_size" in changed and not self.cfg.init_from and model_input_shape(stored) == model_input_shape(self.cfg):
+            changed.remove("img_size")  # left out, and the model's own size named: the same run
         if changed:
             said = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise VitkitError(f"{self.out}: a resumed run keeps its model, data, batches and optimiser ({said}); "
@@ -313,6 +318,8 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> float:
         cfg, model = self.cfg, self.step_model
         model.train()
+        if cfg.linear_probe:
+            body_to_eval(self.model)
         self._schedule_patch_drop(epoch)
         _seed_epoch(cfg, epoch, self.info.rank)
         loader = self._loader(epoch)
@@ -395,6 +402,8 @@ class Trainer:
         wall = time.perf_counter()
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.progress["epoch"] < self.cfg.epochs:  # a finished run given more epochs is unfinished again
+                (self.out / "eval.json").unlink(missing_ok=True)
             _log(self.info, f"training {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on "
                             f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, as "
                             f"{self.in_chans}x{self.img_size}x{self.img_size} inputs, "

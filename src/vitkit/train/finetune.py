@@ -51,6 +51,14 @@ def freeze_body(model: nn.Module) -> None:
         p.requires_grad = name.startswith(HEADS)
 
 
+def body_to_eval(model: nn.Module) -> None:
+    """After ``model.train()``: a probed body stays fixed, BatchNorm statistics included (a CNN's
+    would drift to the new data), and gives the head its features without dropout."""
+    for name, module in model.named_modules():
+        if name and not (name + ".").startswith(HEADS):
+            module.eval()
+
+
 def init_backbone(model: nn.Module, source: str | Path) -> None:
     """Start a hybrid's CNN backbone from a trained CNN (a vitkit checkpoint of the same stages,
     e.g. ``resnet_mini_28`` under ``vit_hybrid_resnet_mini_28``); its classifier is left out.
