@@ -206,6 +206,16 @@ def test_resume_may_name_the_run_s_own_size_and_unfinishes_a_finished_run(tmp_pa
     assert not (tmp_path / "eval.json").exists(), "a run given more epochs is unfinished until they are done"
 
 
+def test_a_fine_tune_resumes_without_its_pretrained_weights(tmp_path):
+    import shutil
+    train(digits_config(tmp_path / "pre", epochs=1))
+    ft = dict(init_from=str(tmp_path / "pre"), model_kwargs={}, lr=1e-3)
+    train(digits_config(tmp_path / "ft", epochs=1, **ft))
+    shutil.rmtree(tmp_path / "pre")  # moved or deleted since: the run holds everything it needs
+    report = train(digits_config(tmp_path / "ft", epochs=2, **ft), resume=True)
+    assert report["epochs"] == 2 and report["top1"] > 0.3
+
+
 def test_img_size_and_model_kwargs_img_size_must_agree(tmp_path):
     with pytest.raises(VitkitError, match="img_size 24 and model_kwargs img_size 16 disagree"):
         train(digits_config(tmp_path, img_size=24))
@@ -355,6 +365,13 @@ def test_a_folder_of_one_class_is_refused(tmp_path):
     shutil.rmtree(tmp_path / "ds" / "dog")
     with pytest.raises(VitkitError, match=r"only one class \(cat\); a classifier needs two or more"):
         train(digits_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'ds'}"))
+
+
+def test_a_run_written_inside_its_image_folder_is_refused(tmp_path):
+    _folder(tmp_path / "ds", 4)
+    with pytest.raises(VitkitError, match="is inside the dataset folder .*; write it elsewhere"):
+        train(digits_config(tmp_path / "ds" / "runs" / "a", dataset=f"folder:{tmp_path / 'ds'}"))
+    assert not (tmp_path / "ds" / "runs").exists()
 
 
 def test_a_patch_drop_schedule_sets_each_epochs_rate_and_survives_a_resume(tmp_path, monkeypatch):

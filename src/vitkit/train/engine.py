@@ -129,7 +129,7 @@ class Trainer:
         if state is not None:
             self._check_resumable(state)
         torch.manual_seed(cfg.seed)
-        pretrained = self._pretrained() if cfg.init_from else None
+        pretrained = self._pretrained(resume) if cfg.init_from else None
         if pretrained is not None:  # the run trains the weights' model (None: the file names none), not the default
             self.cfg = cfg = dataclasses.replace(cfg, model=pretrained.model_name)
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
@@ -186,13 +186,16 @@ class Trainer:
             return tuple(source["mean"]), tuple(source["std"])
         return tuple(self.train_ds.mean), tuple(self.train_ds.std)
 
-    def _pretrained(self) -> nn.Module:
+    def _pretrained(self, resume: bool) -> nn.Module:
+        """The weights to fine-tune. A resumed run rebuilds the same model from its own last checkpoint
+        (its state then restores every tensor), so the pretrained file need not be kept."""
         cfg = self.cfg
+        source = self.out if resume else cfg.init_from
         try:
-            return load_pretrained(cfg.init_from, cfg.img_size, drop_rate=cfg.drop_rate,
+            return load_pretrained(source, cfg.img_size, drop_rate=cfg.drop_rate,
                                    drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
         except (TypeError, ValueError) as e:  # a size or keyword these weights cannot take
-            raise VitkitError(f"{cfg.init_from}: {e}") from None
+            raise VitkitError(f"{source}: {e}") from None
 
     def _augmentation(self) -> tuple[BatchAugment, Mixup | None]:
         cfg = self.cfg
@@ -454,7 +457,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     A new run refuses an output folder that holds one already unless ``overwrite``."""
     cfg.validate()  # a TrainConfig built in Python has not been through from_dict's checks
-    _check_inputs_exist(cfg)
+    _check_inputs_exist(cfg, resume)
+    _check_output_outside_data(cfg)
     inputs = [cfg.init_from, cfg.distill_from, cfg.backbone_from]
     with training_lock(cfg.output):
         if not resume:  # refused now, before the data is read; replaced only once the new run is known to start
@@ -466,12 +470,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         return trainer.fit()
 
 
-def _check_inputs_exist(cfg: TrainConfig) -> None:
-    """A missing teacher or backbone run is named with the recipe that makes it, where there is one."""
-    for key in ("init_from", "distill_from", "backbone_from"):
+def _check_inputs_exist(cfg: TrainConfig, resume: bool = False) -> None:
+    """A missing teacher or backbone run is named with the recipe that makes it, where there is one.
+    A resumed run holds its starting weights and backbone already; only a teacher is read again."""
+    for key in ("distill_from",) if resume else ("init_from", "distill_from", "backbone_from"):
         source = getattr(cfg, key)
         if source and not Path(source).exists():
             recipe = Path("recipes") / f"{Path(source).name}.yaml"
             hint = (f"; `vitkit train --config {recipe} --output {source}` makes it" if recipe.is_file()
                     else "; train or fetch it first")
             raise VitkitError(f"{key}: {source}: no such file or folder{hint}")
+
+
+def _check_output_outside_data(cfg: TrainConfig) -> None:
+    """A run written into its own image folder would make its PNGs and folders part of the data."""
+    if not cfg.dataset.startswith("folder:"):
+        return
+    root = Path(cfg.dataset[len("folder:"):]).expanduser().resolve()
+    out = Path(cfg.output).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise VitkitError(f"--output {cfg.output} is inside the dataset folder {root}: the run's files would be "
+                          "read as images and classes; write it elsewhere")
