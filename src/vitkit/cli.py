@@ -248,7 +248,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     from .allocator import keep_freed_memory
     from .data.images import max_image_pixels
@@ -258,7 +258,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     keep_freed_memory()  # big batches then run whole, faster than in slices (see slice_size)
     classifier, cfg, _ = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
-    bar = tqdm(total=len(paths), disable=len(paths) < 2 * args.batch_size, file=sys.stderr, unit="img")
+    bar = progress(total=len(paths), disable=len(paths) < 2 * args.batch_size, unit="img")
     results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
     bar.close()
     errors = [r for r in results if r.error]

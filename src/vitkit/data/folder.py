@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import VitkitError
+from ..progress import progress
 from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized
 from .images import IMAGE_EXTENSIONS, env_int, max_image_pixels, open_header
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, match_stats
@@ -229,8 +229,7 @@ def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> t
             failures.append((i, str(e)))
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, unit="img",
-                      disable=None, leave=False):
+        for _ in progress(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
             pass
     return images, [msg for _, msg in sorted(failures)]
 
@@ -238,7 +237,7 @@ def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> t
 def _check_headers(paths: list[Path]) -> list[str]:
     """Without decoding pixels: catches unreadable, empty, unknown-format and oversized files."""
     failures = []
-    for p in tqdm(paths, desc="checking images", unit="img", disable=None, leave=False):
+    for p in progress(paths, desc="checking images", unit="img", leave=False):
         try:
             open_header(p).close()
         except VitkitError as e:

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a terminal
 
 from ..allocator import keep_freed_memory
 from ..data import BatchAugment, Mixup, has_separate_test, load_dataset, make_loader
 from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
 from ..fileio import write_json, write_text
+from ..progress import progress
 from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
                          training_lock, unwrap)
 from .config import TrainConfig
@@ -241,8 +242,8 @@ class Trainer:
         """The teacher's logits for every training image, in dataset order: of the image and its
         mirror image averaged when the student is trained on flips."""
         loader = make_loader(self.train_ds, max(self.cfg.batch_size, 256), shuffle=False, num_workers=self.cfg.workers)
-        with tqdm(total=len(self.train_ds), desc="teacher outputs", disable=not self.info.is_main, leave=False,
-                  file=sys.stderr) as bar:
+        with progress(total=len(self.train_ds), desc="teacher outputs", disable=not self.info.is_main,
+                      leave=False) as bar:
             logits, _ = predict_logits(self.teacher, loader, self.mean, self.std, self.precision, bar,
                                        flip_tta=self.cfg.hflip)
         return logits
@@ -327,8 +328,7 @@ class Trainer:
         _seed_epoch(cfg, epoch, self.info.rank)
         loader = self._loader(epoch)
         total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main,
-                   mininterval=0.5 if sys.stderr.isatty() else 30, leave=False, file=sys.stderr)
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main, leave=False)
         # both loaders yield their sampler's order, batch by batch: a cached teacher looks its outputs up by it
         order = loader.sampler.indices() if self.teacher_cache is not None else None
         loss_sum, n = torch.zeros(()), 0
@@ -484,9 +484,10 @@ def _check_inputs_exist(cfg: TrainConfig, resume: bool = False) -> None:
 
 def _check_output_outside_data(cfg: TrainConfig) -> None:
     """A run written into its own image folder would make its PNGs and folders part of the data."""
-    if not cfg.dataset.startswith("folder:"):
+    given = cfg.dataset[len("folder:"):].strip() if cfg.dataset.startswith("folder:") else ""
+    if not given:  # not a folder, or none named (load_dataset says so)
         return
-    root = Path(cfg.dataset[len("folder:"):]).expanduser().resolve()
+    root = Path(given).expanduser().resolve()
     out = Path(cfg.output).expanduser().resolve()
     if out == root or root in out.parents:
         raise VitkitError(f"--output {cfg.output} is inside the dataset folder {root}: the run's files would be "
