@@ -12,6 +12,7 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli import main
+from vitkit.errors import VitkitError
 from vitkit.train import TrainConfig
 
 RECIPE = """\
@@ -62,6 +63,17 @@ def test_eval_json(run_dir, capsys, tmp_path):
     assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path), "--precision", "int8"]) == 0
     int8 = json.loads(capsys.readouterr().out)
     assert int8["precision"] == "int8" and abs(int8["top1"] - out["top1"]) <= 3 / 360
+
+
+def test_evaluate_checkpoint_is_what_eval_reports_and_agrees_with_the_training_report(run_dir, capsys, tmp_path):
+    from vitkit.train import evaluate_checkpoint
+    metrics = evaluate_checkpoint(run_dir)  # the run's dataset, its test split, fp32
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(metrics))
+    trained = json.loads((run_dir / "eval.json").read_text())
+    assert metrics["split"] == "test" and abs(metrics["top1"] - trained["top1"]) <= 2 / 360  # as prepared to run
+    with pytest.raises(VitkitError, match="do not match the checkpoint's"):
+        evaluate_checkpoint(run_dir, "fashion-mnist")
 
 
 def test_eval_scores_all_of_a_new_folder_and_writes_beside_a_weights_file(run_dir, capsys, tmp_path):

@@ -173,53 +173,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .inference import prepare_for_inference
-    from .train import evaluate_dataset, load_checkpoint
     from .allocator import keep_freed_memory
     from .fileio import write_json
+    from .train import evaluate_checkpoint
     from .train.plots import plot_confusion
 
     keep_freed_memory()
-    model, cfg = load_checkpoint(args.checkpoint)
-    spec = args.dataset or cfg.get("dataset")
-    if not spec:
-        raise VitkitError(f"{args.checkpoint}: the checkpoint names no dataset; pass --dataset")
-    split = args.split or _default_eval_split(spec, cfg.get("dataset"))
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, data_dir=args.data_dir,
+                                  precision=args.precision, batch_size=args.batch_size, flip_tta=args.flip_tta)
     out = Path(args.out) if args.out else _default_eval_out(Path(args.checkpoint))
-    ds = load_dataset(spec, split, data_dir=args.data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
-                      val_fraction=cfg.get("recipe", {}).get("val_fraction", 0.1),
-                      seed=cfg.get("recipe", {}).get("seed", 0))
-    if list(ds.classes) != list(cfg["classes"]):
-        raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
-                          f"{cfg['classes'][:5]}...")
-    fast = prepare_for_inference(model, args.precision)  # what predict and serve run at this precision
-    metrics = evaluate_dataset(fast, ds, cfg["mean"], cfg["std"], args.batch_size, flip_tta=args.flip_tta)
-    metrics.update(dataset=spec, split=split, checkpoint=str(args.checkpoint), flip_tta=args.flip_tta,
-                   precision=args.precision)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics)
-    plot_confusion(metrics["confusion"], cfg["classes"], out / "confusion.png")
+    plot_confusion(metrics["confusion"], metrics["classes"], out / "confusion.png")
     if args.json:
         print(json.dumps(metrics))
     else:
-        top5 = f"  top-5 {100 * metrics['top5']:.2f}%" if len(cfg["classes"]) > 5 else ""  # else always 100%
-        print(f"{spec} [{split}] {metrics['num_samples']} images: top-1 {100 * metrics['top1']:.2f}%{top5}")
+        top5 = f"  top-5 {100 * metrics['top5']:.2f}%" if len(metrics["classes"]) > 5 else ""  # else always 100%
+        print(f"{metrics['dataset']} [{metrics['split']}] {metrics['num_samples']} images: "
+              f"top-1 {100 * metrics['top1']:.2f}%{top5}")
         for name, acc in metrics["per_class"].items():
             print(f"  {name:>20s}  {100 * acc:6.2f}%")
         print(f"confusion matrix: {out / 'confusion.png'}")
     return 0
-
-
-def _default_eval_split(spec: str, trained_on: str | None) -> str:
-    """The held-out part of the dataset the model trained on; all of a folder of class folders it did not
-    (its val_fraction split would score a tenth of it)."""
-    def root(dataset: str | None) -> Path | None:
-        return Path(dataset[len("folder:"):]).expanduser().resolve() if (dataset or "").startswith("folder:") else None
-
-    if root(spec) is None or root(spec) == root(trained_on) or (root(spec) / "train").is_dir():
-        return "test"
-    return "all"
 
 
 def _default_eval_out(checkpoint: Path) -> Path:

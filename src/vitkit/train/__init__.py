@@ -5,14 +5,14 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .evaluate import classification_metrics, evaluate_dataset, predict_logits
+from .evaluate import classification_metrics, evaluate_checkpoint, evaluate_dataset, predict_logits
 from .precision import autocast, resolve_precision
 
 if TYPE_CHECKING:
     from .engine import Trainer, train
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_checkpoint", "save_checkpoint", "classification_metrics",
-           "evaluate_dataset", "predict_logits", "autocast", "resolve_precision"]
+           "evaluate_checkpoint", "evaluate_dataset", "predict_logits", "autocast", "resolve_precision"]
 
 
 def __getattr__(name: str):

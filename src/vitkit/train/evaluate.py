@@ -1,13 +1,16 @@
 """Classification metrics: top-1/top-5, per-class accuracy and the confusion matrix."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import make_loader, normalize
+from ..data import load_dataset, make_loader, normalize
+from ..errors import VitkitError
 from .precision import autocast
 
 
@@ -58,3 +61,41 @@ def evaluate_dataset(model: nn.Module, dataset: Any, mean: tuple[float, ...], st
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers)
     logits, targets = predict_logits(model, loader, mean, std, precision, progress, flip_tta)
     return classification_metrics(logits, targets, list(dataset.classes))
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = None, split: str | None = None, *,
+                        data_dir: str | os.PathLike | None = None, precision: str = "fp32", batch_size: int = 256,
+                        flip_tta: bool = False) -> dict[str, Any]:
+    """Metrics of a saved model, as ``vitkit eval`` reports them.
+
+    ``dataset`` defaults to the one it was trained on and ``split`` to its held-out part, or all of
+    a folder it never saw (a tenth of it, its val_fraction split, would say little). The model runs as
+    ``prepare_for_inference(model, precision)`` runs it, the way ``predict`` and ``serve`` do."""
+    from ..inference import prepare_for_inference  # inference imports train's precision helpers
+    from .checkpoint import load_checkpoint
+
+    model, cfg = load_checkpoint(checkpoint)
+    spec = dataset or cfg.get("dataset")
+    if not spec:
+        raise VitkitError(f"{checkpoint}: the checkpoint names no dataset; pass one")
+    split = split or default_split(spec, cfg.get("dataset"))
+    recipe = cfg.get("recipe", {})
+    ds = load_dataset(spec, split, data_dir=data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
+                      val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0))
+    if list(ds.classes) != list(cfg["classes"]):
+        raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
+                          f"{cfg['classes'][:5]}...")
+    fast = prepare_for_inference(model, precision)
+    metrics = evaluate_dataset(fast, ds, cfg["mean"], cfg["std"], batch_size, flip_tta=flip_tta)
+    return {**metrics, "dataset": spec, "split": split, "checkpoint": str(checkpoint), "flip_tta": flip_tta,
+            "precision": precision}
+
+
+def default_split(spec: str, trained_on: str | None) -> str:
+    """The held-out part of the dataset a model trained on; "all" of a folder of class folders it did not."""
+    def root(dataset: str | None) -> Path | None:
+        return Path(dataset[len("folder:"):]).expanduser().resolve() if (dataset or "").startswith("folder:") else None
+
+    if root(spec) is None or root(spec) == root(trained_on) or (root(spec) / "train").is_dir():
+        return "test"
+    return "all"
