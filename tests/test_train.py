@@ -313,6 +313,10 @@ def test_a_run_folder_is_not_trained_over_unless_asked(tmp_path):
     train(cfg, overwrite=True)
     assert not (tmp_path / "run" / "model.onnx").exists(), "a stale export would run the old model"
     assert not (tmp_path / "run" / "explain").exists(), "the old model's figures would pass for the new one's"
+    (tmp_path / "run" / "best" / "why.txt").write_text("the user's note on the best epoch")
+    train(cfg, overwrite=True)
+    assert (tmp_path / "run" / "best" / "why.txt").is_file(), "a user's own file in best/ stays"
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "notes.txt").is_file() and (tmp_path / "run" / "eval.json").is_file()
     (tmp_path / "run" / "eval.json").unlink()  # as if killed before the end
     with pytest.raises(VitkitError, match=r"unfinished run; `vitkit train --resume .*run` continues it"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +31,11 @@ except ImportError:  # Windows: no advisory locks; the folder is not guarded
 
 STATE_NAME = "train_state.pt"
 RUN_FILES = ("model.safetensors", "config.json", STATE_NAME, "eval.json", "metrics.jsonl", "curves.png",
-             "confusion.png", "model.onnx", "model.torchscript.pt", "best", "eval",
-             "explain")  # explain/: the figures `make demo` draws of the model
+             "confusion.png", "model.onnx", "model.torchscript.pt")
 """What a run (and ``vitkit eval`` / ``export`` on it) leaves in its folder."""
+RUN_FOLDERS = {"best": ("model.safetensors", "config.json"), "eval": ("eval.json", "confusion.png"),
+               "explain": ("report.html", "*.png", "attention_distance.json")}  # explain/: what `make demo` draws
+"""Its sub-folders and the files vitkit writes in them (a user's own files there stay)."""
 LOCK_NAME = ".vitkit-train.lock"
 
 
@@ -98,11 +99,13 @@ def claim_output(directory: str | Path, overwrite: bool = False, inputs: list[st
     for stale in out.glob(".*.tmp"):  # a write that a killed process never finished (fileio.atomic_write)
         stale.unlink(missing_ok=True)
     for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        (out / name).unlink(missing_ok=True)
+    for folder, patterns in RUN_FOLDERS.items():
+        for pattern in patterns:
+            for path in (out / folder).glob(pattern):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept while it holds anything else
+            (out / folder).rmdir()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
