@@ -38,9 +38,9 @@ demo: setup data
 test: setup-test data
 	$(BIN)/python -m pytest -q
 
-bench: setup-test
-	$(BIN)/python benchmarks/bench_inference.py
-	$(BIN)/python benchmarks/report.py benchmarks/results/cpu.json
+bench: setup-test   # into cpu-local.json: the recorded runs (cpu.json, cpu-amd-epyc*.json) stay
+	$(BIN)/python benchmarks/bench_inference.py --out cpu-local.json
+	$(BIN)/python benchmarks/report.py benchmarks/results/cpu-local.json
 
 # Issue 3's table: every Fashion-MNIST recipe but the demos (`make demo`), one after another (each up to ~60 minutes on 2 cores).
 RECIPES ?= fmnist-cnn fmnist-hybrid-from-cnn fmnist-hybrid-distilled fmnist-cnn-long fmnist-hybrid-distilled-long fmnist-distilled fmnist-distilled-plain-vit fmnist-hybrid fmnist-sl-vit fmnist-vit-patch-dropout fmnist-vit fmnist-vit-born-again fmnist-vit-learned-pos fmnist-vit-patch-drop-schedule-long fmnist-vit-no-drop-path fmnist-vit-wide-patch-dropout fmnist-vit-map fmnist-hybrid-stem fmnist-vit-plain vit deit

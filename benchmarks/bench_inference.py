@@ -1,6 +1,6 @@
 """Inference and training speed of vitkit vs HF transformers and vit-pytorch, in one process.
 
-    python benchmarks/bench_inference.py --quick   # about half the full run (6.5 min on 2 idle cores)
+    python benchmarks/bench_inference.py --quick   # about half the full run (6.5 min on the Xeon, 17 on the AMD EPYC)
     python benchmarks/report.py benchmarks/results/cpu_quick.json
 
 The machine may be shared, so every contender is timed round-robin (one call each, then
@@ -51,7 +51,7 @@ TRAIN_ARCH = dict(img_size=28, patch=4, in_chans=1, dim=128, depth=6, heads=4, m
 
 
 def gflop_per_image(a: dict) -> float:
-    """2 x multiply-accumulates of patch embedding, blocks (linears + QK^T + AV) and head (ViT-B/16: 35.16)."""
+    """2 x multiply-accumulates of patch embedding, blocks (linears + QK^T + AV) and head (ViT-B/16: 35.13)."""
     n_patch = (a["img_size"] // a["patch"]) ** 2
     n, d, h = n_patch + 1, a["dim"], int(a["dim"] * a["mlp_ratio"])
     macs = n_patch * a["in_chans"] * a["patch"] ** 2 * d + a["depth"] * (n * (4 * d * d + 2 * d * h) + 2 * n * n * d)
@@ -236,7 +236,7 @@ def bench_training(quick: bool, batch: int = 256) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats, peers without their fp32 mode")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats; peers without their fp32 and int8 modes, no compiled training")
     ap.add_argument("--part", choices=("all", "inference", "training"), default="all")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--out", default=None, help="results file name (default: cpu_quick.json / cpu.json)")
