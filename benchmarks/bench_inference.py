@@ -236,7 +236,8 @@ def bench_training(quick: bool, batch: int = 256) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats; peers without their fp32 and int8 modes, no compiled training")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer repeats; peers without fp32 and int8, no compiled training")
     ap.add_argument("--part", choices=("all", "inference", "training"), default="all")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--out", default=None, help="results file name (default: cpu_quick.json / cpu.json)")

@@ -103,8 +103,8 @@ def slice_size(model: nn.Module, precision: str) -> int | None:
     ViT-B/16's MLP makes 2.4 MB of fp32 activations per image (197 tokens x 3072), 77 MB for a
     batch of 32: there a plain GELU ran at the speed of one page fault per 4 KiB, and int8
     ViT-B/16 at batch 32 ran 1.22x faster in 4 slices of 8, ViT-S/16 1.34x in 2 slices, on the
-    AMD EPYC (benchmarks/results/slices-plain.json). Slicing when nothing spills costs speed (small GEMMs), so small models, bf16
-    ViT-S and CNNs keep whole batches. None: no slicing. A process that keeps freed memory
+    AMD EPYC (benchmarks/results/slices-plain.json). Slicing when nothing spills costs speed
+    (small GEMMs), so small models, bf16 ViT-S and CNNs keep whole batches. None: no slicing. A process that keeps freed memory
     (``vitkit.keep_freed_memory``, as ``vitkit predict`` does) takes no such faults and runs
     whole batches instead: there int8 ViT-B/16 and ViT-S/16 at batch 32 ran 1.05-1.12x faster
     whole than in slices, bf16 ViT-B/16 as fast within noise (benchmarks/slices.py).

@@ -288,8 +288,9 @@ class Trainer:
         stored = dataclasses.replace(self.cfg, **given).with_absolute_paths()  # a run older than absolute paths
         as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731 - a state file keeps lists
         changed = [k for k in given if as_tuple(getattr(stored, k)) != as_tuple(getattr(self.cfg, k))]
-        if "img_size" in changed and not self.cfg.init_from and model_input_shape(stored) == model_input_shape(self.cfg):
-            changed.remove("img_size")  # left out, and the model's own size named: the same run
+        same_size = not self.cfg.init_from and model_input_shape(stored) == model_input_shape(self.cfg)
+        if "img_size" in changed and same_size:  # left out, and the model's own size named: the same run
+            changed.remove("img_size")
         if changed:
             said = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise VitkitError(f"{self.out}: a resumed run keeps its model, data, batches and optimiser ({said}); "
