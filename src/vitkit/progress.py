@@ -35,5 +35,5 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)`` on stderr: redrawn in place on a terminal, a line every 30 s otherwise."""
     if sys.stderr.isatty():
         return tqdm(iterable, **{"file": sys.stderr, "mininterval": 0.5, **kwargs})
-    return tqdm(iterable, **{"file": _Lines(sys.stderr), "mininterval": LOG_INTERVAL_S, "bar_format": LOG_FORMAT,
-                             **kwargs})
+    every = {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S}  # tqdm's monitor redraws at maxinterval
+    return tqdm(iterable, **{"file": _Lines(sys.stderr), "bar_format": LOG_FORMAT, **every, **kwargs})
