@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import VitkitError
 from . import digits, fashion_mnist
 from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized, resized_from_bytes
-from .folder import has_separate_test, load_folder
+from .folder import folder_root, has_separate_test, load_folder
 from .images import IMAGE_EXTENSIONS, open_image
 from .loader import ShardSampler, make_loader
 from .mixup import Mixup
@@ -87,6 +87,6 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
 
 __all__ = ["BatchAugment", "Mixup", "RandAugment", "save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD",
            "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset", "LazyImageDataset", "ShardSampler",
-           "has_separate_test", "load_dataset", "load_folder", "load_resized", "make_loader", "match_channels",
+           "folder_root", "has_separate_test", "load_dataset", "load_folder", "load_resized", "make_loader", "match_channels",
            "match_stats", "normalize", "open_image", "random_crop_flip", "resize_center_crop", "resize_images",
            "resized_from_bytes"]

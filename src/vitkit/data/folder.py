@@ -114,13 +114,17 @@ def _check_split_names(root: Path) -> None:
                           "it into the splits or out of the folder")
 
 
+def folder_root(spec: str | None) -> Path | None:
+    """The folder a ``folder:PATH`` dataset spec names, absolute; None for a built-in dataset or no path."""
+    path = spec[len("folder:"):].strip() if (spec or "").startswith("folder:") else ""
+    return Path(path).expanduser().resolve() if path else None
+
+
 def has_separate_test(spec: str) -> bool:
     """Whether dataset ``spec`` has a test split apart from its validation split: only a folder
     with train/, val/ and test/ (elsewhere "val" and "test" name the same held-out images)."""
-    if not spec.startswith("folder:"):
-        return False
-    root = Path(spec[len("folder:"):]).expanduser()
-    return all((root / d).is_dir() for d in ("train", "val", "test"))
+    root = folder_root(spec)
+    return root is not None and all((root / d).is_dir() for d in ("train", "val", "test"))
 
 
 def _from_split_dirs(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]], list[str]]:

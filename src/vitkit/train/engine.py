@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a terminal
 
 from ..allocator import keep_freed_memory
-from ..data import BatchAugment, Mixup, has_separate_test, load_dataset, make_loader
+from ..data import BatchAugment, Mixup, folder_root, has_separate_test, load_dataset, make_loader
 from ..errors import VitkitError
 from ..models import count_params, create_model, get_model_spec
 from ..fileio import write_json, write_text
@@ -485,10 +485,9 @@ def _check_inputs_exist(cfg: TrainConfig, resume: bool = False) -> None:
 
 def _check_output_outside_data(cfg: TrainConfig) -> None:
     """A run written into its own image folder would make its PNGs and folders part of the data."""
-    given = cfg.dataset[len("folder:"):].strip() if cfg.dataset.startswith("folder:") else ""
-    if not given:  # not a folder, or none named (load_dataset says so)
+    root = folder_root(cfg.dataset)
+    if root is None:  # not a folder, or none named (load_dataset says so)
         return
-    root = Path(given).expanduser().resolve()
     out = Path(cfg.output).expanduser().resolve()
     if out == root or root in out.parents:
         raise VitkitError(f"--output {cfg.output} is inside the dataset folder {root}: the run's files would be "

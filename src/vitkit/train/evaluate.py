@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import load_dataset, make_loader, normalize
+from ..data import folder_root, load_dataset, make_loader, normalize
 from ..errors import VitkitError
 from .precision import autocast
 
@@ -93,9 +92,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = Non
 
 def default_split(spec: str, trained_on: str | None) -> str:
     """The held-out part of the dataset a model trained on; "all" of a folder of class folders it did not."""
-    def root(dataset: str | None) -> Path | None:
-        return Path(dataset[len("folder:"):]).expanduser().resolve() if (dataset or "").startswith("folder:") else None
-
-    if root(spec) is None or root(spec) == root(trained_on) or (root(spec) / "train").is_dir():
+    root = folder_root(spec)
+    if root is None or root == folder_root(trained_on) or (root / "train").is_dir():
         return "test"
     return "all"
