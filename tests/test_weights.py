@@ -1,6 +1,6 @@
 """vitkit.weights: foreign checkpoints give the same logits as the code that made them.
 
-Oracles: /work/shared/fixtures (made with timm 1.0.31 / transformers 5.23, see its README)
+Oracles: tests/fixtures (made with timm 1.0.31 / transformers 5.23, see its README)
 and ``transformers`` itself. The fixtures are required: conftest's ``fixtures_dir`` fails the run when they are missing.
 """
 from __future__ import annotations
