@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .spec import BuildSpec
 from .vit import VisionTransformer
 
 
@@ -72,7 +73,8 @@ def create_model(name: str | None = None, checkpoint: str | os.PathLike | None =
         model = spec.builder(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
-    model.model_name = name
+    model.build_spec = BuildSpec(name, kwargs)
+    model.model_name = name  # (old names, until every reader uses build_spec)
     model.model_kwargs = kwargs
     return model
 
