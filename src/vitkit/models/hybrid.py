@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import to_2tuple
+from .layers import PatchFormat, format_patches, to_2tuple
 from .registry import register_model
 from .resnet import ResNet
 from .vit import VisionTransformer
@@ -38,7 +38,7 @@ class ConvStem(nn.Sequential):
 
 
 class HybridEmbed(nn.Module):
-    """CNN backbone -> patches of its feature map projected to D; ``PatchEmbed``'s interface ([B, H', W', D] out).
+    """CNN backbone -> patches of its feature map projected to D; ``PatchEmbed``'s interface and output formats.
 
     ``backbone`` is a :class:`ResNet`'s keyword arguments (its stages up to the feature
     map used); without it, a :class:`ConvStem` of ``stem_widths``.
@@ -46,8 +46,9 @@ class HybridEmbed(nn.Module):
 
     def __init__(self, img_size: int | tuple[int, int] = 28, patch_size: int = 1, in_chans: int = 1,
                  embed_dim: int = 192, stem_widths: tuple[int, ...] = (32, 64, 128), strict_img_size: bool = True,
-                 backbone: dict[str, Any] | None = None):
+                 backbone: dict[str, Any] | None = None, output_fmt: PatchFormat = "NLC"):
         super().__init__()
+        self.output_fmt = output_fmt
         if backbone is not None:
             self.backbone = ResNet(in_chans=in_chans, num_classes=0, **backbone)
         else:
@@ -73,14 +74,15 @@ class HybridEmbed(nn.Module):
         if self.strict_img_size and (h, w) != self.img_size:
             raise ValueError(f"model expects {self.img_size[0]}x{self.img_size[1]} input, got {h}x{w}")
         features = getattr(self.backbone, "forward_features", self.backbone)(x)
-        return self.proj(features).permute(0, 2, 3, 1)
+        return format_patches(self.proj(features).permute(0, 2, 3, 1), self.output_fmt)
 
 
 def hybrid_vit(stem_widths: tuple[int, ...] = (32, 64, 128), backbone: dict[str, Any] | None = None,
                **kwargs: Any) -> VisionTransformer:
     """A VisionTransformer whose patch embedding is :class:`HybridEmbed`."""
-    def embed(img_size, patch_size, in_chans, embed_dim, strict_img_size):
-        return HybridEmbed(img_size, patch_size, in_chans, embed_dim, stem_widths, strict_img_size, backbone)
+    def embed(img_size, patch_size, in_chans, embed_dim, strict_img_size, output_fmt):
+        return HybridEmbed(img_size, patch_size, in_chans, embed_dim, stem_widths, strict_img_size, backbone,
+                           output_fmt)
     return VisionTransformer(embed_layer=embed, **kwargs)
 
 

@@ -6,7 +6,7 @@ renaming.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,16 @@ from torch import nn
 
 # Called with (attention module, attention probabilities [B, heads, N, N]) when set.
 AttentionHook = Callable[[nn.Module, torch.Tensor], None]
+
+
+PatchFormat = Literal["NLC", "NHWC", "NCHW"]
+
+
+def format_patches(x: torch.Tensor, fmt: PatchFormat) -> torch.Tensor:
+    """Patch tokens [B, H, W, D] in the layout asked for: "NLC" [B, H*W, D], "NHWC", or "NCHW"."""
+    if fmt == "NLC":
+        return x.flatten(1, 2)
+    return x.permute(0, 3, 1, 2) if fmt == "NCHW" else x
 
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -24,8 +34,12 @@ class PatchEmbed(nn.Module):
     """Cut an image into P×P patches and project each to D dims (a conv, kernel = stride = P)."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True):
+                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True,
+                 flatten: bool = True, output_fmt: PatchFormat | None = None):
         super().__init__()
+        self.output_fmt: PatchFormat = output_fmt or ("NLC" if flatten else "NCHW")
+        if self.output_fmt not in ("NLC", "NHWC", "NCHW"):
+            raise ValueError(f"output_fmt must be 'NLC', 'NHWC' or 'NCHW', got {output_fmt!r}")
         self.in_chans = in_chans
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
@@ -37,9 +51,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, H/P, W/P, D] (grid kept so the caller can match position embeddings)."""
+        """[B, C, H, W] -> [B, N, D] as timm's; ``output_fmt="NHWC"`` keeps the grid (ViT asks for it to
+        match position embeddings to any input size), ``"NCHW"`` gives the conv's own layout."""
         self.check_input(x)
-        return self.proj(x).permute(0, 2, 3, 1)
+        return format_patches(self.proj(x).permute(0, 2, 3, 1), self.output_fmt)
 
     def check_input(self, x: torch.Tensor) -> None:
         _, c, h, w = x.shape

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deit import DistilledVisionTransformer
-from .layers import Attention, PatchEmbed
+from .layers import Attention, PatchEmbed, PatchFormat, format_patches
 from .registry import register_model
 from .vit import VisionTransformer
 
@@ -30,8 +30,9 @@ class ShiftedPatchEmbed(PatchEmbed):
     """SPT: [image, 4 diagonal half-patch shifts] -> P×P patches -> LayerNorm -> linear to D."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True):
-        super().__init__(img_size, patch_size, in_chans, embed_dim, bias, strict_img_size)
+                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True,
+                 flatten: bool = True, output_fmt: PatchFormat | None = None):
+        super().__init__(img_size, patch_size, in_chans, embed_dim, bias, strict_img_size, flatten, output_fmt)
         patch_dim = 5 * in_chans * self.patch_size[0] * self.patch_size[1]
         self.norm = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, embed_dim, bias=bias)  # in place of PatchEmbed's conv
@@ -52,7 +53,7 @@ class ShiftedPatchEmbed(PatchEmbed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.proj(self.norm(self.patch_vectors(x)))
+        return format_patches(self.proj(self.norm(self.patch_vectors(x))), self.output_fmt)
 
     def filters(self) -> torch.Tensor:
         """The projection as filters over the image, [D, C, P + 2·P/2, P + 2·P/2]: the five P×P filters

@@ -64,7 +64,7 @@ class VisionTransformer(nn.Module):
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
         self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                       embed_dim=embed_dim, strict_img_size=not dynamic_img_size)
+                                       embed_dim=embed_dim, strict_img_size=not dynamic_img_size, output_fmt="NHWC")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         if pos_embed == "learn":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens,
