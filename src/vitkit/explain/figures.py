@@ -19,6 +19,8 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
+from ..fileio import save_figure  # noqa: E402
+
 HEAT = "inferno"
 ALPHA = 0.5  # heat-map opacity over the image
 TILE = 112  # longest side of one map in a layers × heads grid: ~ what 1.3 inch at 110 dpi shows
@@ -99,11 +101,7 @@ def _tile_ticks(ax: plt.Axes, rows: int, cols: int, h: int, w: int, gap: int, xl
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight", pad_inches=0.1)
 
 
 def plot_class_attention(attn: torch.Tensor, image: Any, path: Path, title: str = "") -> Path:

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..fileio import save_figure  # noqa: E402
+
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     epochs = [h["epoch"] for h in history]
@@ -22,8 +24,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="eval accuracy")
     ax_acc.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> None:
@@ -44,5 +45,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised colour, counts)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
