@@ -82,7 +82,9 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     c = in_chans or images.shape[1]
     images = match_channels(resize_images(images, img_size or images.shape[-1]), c)
     mean, std = DATASET_STATS[spec]
-    return InMemoryDataset(images, targets, classes, match_stats(mean, c), match_stats(std, c), f"{spec}[{split}]")
+    ds = InMemoryDataset(images, targets, classes, match_stats(mean, c), match_stats(std, c), f"{spec}[{split}]")
+    ds.flip_invariant = spec != "digits"  # a mirrored 2, 3, 4, 5, 7 or 9 is no digit
+    return ds
 
 
 __all__ = ["BatchAugment", "Mixup", "RandAugment", "save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD",

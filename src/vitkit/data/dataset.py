@@ -23,6 +23,8 @@ class ImageDataset(Dataset):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     targets: torch.Tensor
+    flip_invariant: bool = True  # a mirrored image shows the same class (clothes, photos; not digits): the
+                                 # default training augmentation flips only where this holds
 
     def __init__(self, classes: Sequence[str], mean: Sequence[float], std: Sequence[float], name: str):
         self.classes = list(classes)

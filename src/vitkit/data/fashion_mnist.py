@@ -106,7 +106,7 @@ def _download(f: IdxFile, dest_dir: Path, where: str) -> Path:
             dest_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise VitkitError(f"{dest_dir}: cannot create the Fashion-MNIST download folder ({e}); "
-                              f"{HOW_TO_GET}") from None
+                              f"{HOW_TO_GET}") from e
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{f.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -138,7 +138,7 @@ def _verify(data: bytes, f: IdxFile, source: str | Path) -> bytes:
         payload = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
         raise VitkitError(f"{source}: truncated or not a gzip file ({e}); delete it and retry, or {HOW_TO_GET}") \
-            from None
+            from e
     if gz_md5 != f.gz_md5:
         payload_md5 = hashlib.md5(payload).hexdigest()
         if payload_md5 != f.payload_md5:

@@ -15,9 +15,11 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from ..errors import VitkitError
 from ..progress import progress
@@ -78,8 +80,35 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
                  ([f"{len(failures)} of {len(paths)} images could not be read"] if failures else [])
         raise VitkitError(_listing(f"{name}: {', '.join(counts)}", problems + failures))
     if in_memory:
-        return InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
-    return LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+        ds = InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
+    else:
+        ds = LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+    ds.flip_invariant = declared_properties(root).get("flip_invariant", True)
+    return ds
+
+
+PROPERTIES_FILE = "dataset.yaml"
+PROPERTIES = {"flip_invariant": bool}
+
+
+def declared_properties(root: Path) -> dict[str, Any]:
+    """What a folder says of its images in ``dataset.yaml`` at its root, e.g. ``flip_invariant: false``
+    for text, digits or anything a mirror changes (training then draws no flips)."""
+    path = root / PROPERTIES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        props = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise VitkitError(f"{path}: unreadable ({str(e).splitlines()[0]})") from e
+    if not isinstance(props, dict):
+        raise VitkitError(f"{path}: expected a mapping such as 'flip_invariant: false'")
+    for key, value in props.items():
+        if key not in PROPERTIES:
+            raise VitkitError(f"{path}: unknown property {key!r} (known: {', '.join(PROPERTIES)})")
+        if not isinstance(value, PROPERTIES[key]):
+            raise VitkitError(f"{path}: {key} must be true or false, got {value!r}")
+    return props
 
 
 SPLIT_LIKE = {"train", "training", "val", "valid", "validation", "dev", "eval", "test", "testing"}

@@ -109,9 +109,9 @@ def _header(source: Path | IO[bytes], name: str | Path, max_pixels: int | None) 
     except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit, before our check
         size = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's message: "Image size (N pixels) exceeds ..."
         said = f"{int(size[1]):,} pixels" if size else f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
-        raise _too_large(name, f"{said}, limit {limit:,}") from None
+        raise _too_large(name, f"{said}, limit {limit:,}") from e
     except Exception as e:  # noqa: BLE001 - a damaged header can raise almost anything
-        raise VitkitError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from None
+        raise VitkitError(f"{name}: corrupt image header ({type(e).__name__}: {e})") from e
     w, h = im.size
     if w == 0 or h == 0:
         raise VitkitError(f"{name}: image has zero size ({w}x{h})")
@@ -126,7 +126,7 @@ def _decode(im: Image.Image, name: str | Path, in_chans: int, draft_size: int | 
             im.draft("L" if in_chans == 1 else "RGB", (draft_size, draft_size))
         im.load()
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, EOFError, ...
-        raise VitkitError(f"{name}: truncated or corrupt image ({type(e).__name__}: {e})") from None
+        raise VitkitError(f"{name}: truncated or corrupt image ({type(e).__name__}: {e})") from e
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block should not lose an otherwise good picture
@@ -134,7 +134,7 @@ def _decode(im: Image.Image, name: str | Path, in_chans: int, draft_size: int | 
     try:
         return _to_mode(im, "L" if in_chans == 1 else "RGB")
     except ValueError as e:
-        raise VitkitError(f"{name}: cannot convert image mode {im.mode} to 8-bit ({e})") from None
+        raise VitkitError(f"{name}: cannot convert image mode {im.mode} to 8-bit ({e})") from e
 
 
 def _too_large(name: str | Path, detail: str) -> VitkitError:

@@ -98,7 +98,7 @@ class WorkerLoader(DataLoader):
             except VitkitError as e:
                 lines = str(e).strip().splitlines()
                 prefix = f"{VitkitError.__module__}.{VitkitError.__name__}: "
-                raise VitkitError(lines[-1].removeprefix(prefix) if lines else str(e)) from None
+                raise VitkitError(lines[-1].removeprefix(prefix) if lines else str(e)) from e
             yield batch
 
 

@@ -98,5 +98,9 @@ _MINI_28 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim
 register_model("sl_vit_mini_patch4_28", sl_vit,
                "SL-ViT for 28x28 grayscale: vit_mini_patch4_28 with shifted patch tokens and locality attention",
                **_MINI_28)
+register_model("sl_vit_mini_patch4_gap_28", sl_vit,
+               "the demo's pure ViT and vitkit train's default: sl_vit_mini_patch4_28 with mean pooling ('gap', no "
+               "[class] token) and fixed sin-cos position embeddings",
+               **_MINI_28, class_token=False, global_pool="avg", pos_embed="sincos")
 register_model("sl_vit_mini_distilled_patch4_28", sl_vit_distilled,
                "sl_vit_mini_patch4_28 with DeiT's distillation token and head", **_MINI_28)

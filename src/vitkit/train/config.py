@@ -6,6 +6,7 @@ The full, resolved configuration is stored in every checkpoint so a run can be r
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,14 +18,23 @@ import yaml
 from ..errors import VitkitError
 
 
+AUTO_STEPS = 600  # optimiser steps a run gets when epochs are left to vitkit
+FEW_STEPS = 200   # fewer, and a run from scratch learns little: it says so before it starts
+
+
+def auto_batch_size(num_train: int) -> int:
+    """About 50 optimiser steps an epoch: a power of two from 32 to 256."""
+    return int(min(256, max(32, 2 ** math.floor(math.log2(max(num_train, 1) / 50)))))
+
+
 @dataclass
 class TrainConfig:
-    model: str = "vit_mini_patch4_28"
+    model: str = "sl_vit_mini_patch4_gap_28"  # the best small-image ViT here (the demo's architecture)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     output: str = "runs/train"
-    epochs: int = 10
-    batch_size: int = 256            # global: split across processes under torchrun
+    epochs: int | None = None        # None: enough for AUTO_STEPS optimiser steps, at least 10 (auto_schedule)
+    batch_size: int | None = None    # global, split across processes under torchrun; None: from the data's size
     lr: float = 1e-3                 # peak learning rate after warmup
     min_lr: float = 1e-5
     weight_decay: float = 0.05
@@ -39,7 +49,7 @@ class TrainConfig:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
     crop_padding: int = 2            # random crop after padding, 0 disables
-    hflip: bool = True
+    hflip: bool | None = None        # None: where the dataset is flip-invariant (digits are not; a folder says)
     resized_crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range, e.g. [0.08, 1]
     randaugment: str | None = None   # timm's spec, e.g. DeiT's "rand-m9-mstd0.5-inc1"
     reprob: float = 0.0              # Random Erasing probability (DeiT: 0.25)
@@ -68,6 +78,20 @@ class TrainConfig:
     layer_decay: float | None = None  # fine-tune: layer-wise learning-rate decay, e.g. 0.75
     log_every: int = 50
 
+    def auto_schedule(self, num_train: int) -> TrainConfig:
+        """The batch size and epochs left to vitkit, derived from the number of training images.
+
+        Learning is counted in optimiser steps, not epochs: 1,400 images in batches of 256 give
+        6 steps an epoch, too few to learn anything in 10 epochs. So the batch shrinks with the data
+        (about 50 steps an epoch, 32 to 256 images), and a short epoch is repeated until the run
+        has AUTO_STEPS steps (at least 10 epochs, at most 200)."""
+        batch = self.batch_size or auto_batch_size(num_train)
+        epochs = self.epochs or min(200, max(10, math.ceil(AUTO_STEPS / max(1, num_train // batch))))
+        return dataclasses.replace(self, batch_size=batch, epochs=epochs)
+
+    def total_steps(self, num_train: int) -> int:
+        return (num_train // self.batch_size) * self.epochs
+
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
         """Defaults, then the YAML recipe, then ``overrides`` (only what was given: a None is an explicit
@@ -80,7 +104,7 @@ class TrainConfig:
             return cls.from_dict({**recipe, **overrides})
         except VitkitError as error:
             if recipe and _fails_alike(cls, recipe, error):  # the recipe's own value: say which file holds it
-                raise VitkitError(f"{config_file}: {error}") from None
+                raise VitkitError(f"{config_file}: {error}") from error
             raise
 
     @classmethod
@@ -115,7 +139,7 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("epochs", "batch_size", "lr"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise VitkitError(f"{name} must be positive, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 1:
             raise VitkitError(f"img_size must be positive, got {self.img_size}")
@@ -130,7 +154,7 @@ class TrainConfig:
         if self.crop_padding < 0 or self.log_every < 1:
             raise VitkitError(f"crop_padding must be >= 0 and log_every >= 1, got {self.crop_padding} and "
                               f"{self.log_every}")
-        if self.warmup_epochs > self.epochs:  # fine for a quick check of a recipe, a mistake otherwise
+        if self.epochs is not None and self.warmup_epochs > self.epochs:  # fine for a quick check of a recipe, a mistake otherwise
             warnings.warn(f"warmup_epochs {self.warmup_epochs} > epochs {self.epochs}: the learning rate never "
                           f"reaches its peak of {self.lr}", stacklevel=2)
         if self.workers is not None and self.workers < 0:
@@ -165,7 +189,7 @@ class TrainConfig:
             try:
                 RandAugment.from_spec(self.randaugment)
             except ValueError as e:
-                raise VitkitError(f"randaugment: {e}") from None
+                raise VitkitError(f"randaugment: {e}") from e
 
     def with_absolute_paths(self) -> "TrainConfig":
         """The same run with its existing input paths made absolute: the config stored in a run must
@@ -256,9 +280,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise VitkitError(f"{path}: recipe file not found") from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise VitkitError(f"{path}: not a UTF-8 text file ({e.__class__.__name__})") from None
+        raise VitkitError(f"{path}: not a UTF-8 text file ({e.__class__.__name__})") from e
     except yaml.YAMLError as e:
-        raise VitkitError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise VitkitError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
