@@ -38,7 +38,7 @@ from vitkit.allocator import keep_freed_memory  # noqa: E402
 from vitkit.inference import prepare_for_inference  # noqa: E402
 from vitkit.models import create_model  # noqa: E402
 from vitkit.train.fp32_linear import onednn_pays_off, use_onednn_linears  # noqa: E402
-from vitkit.train.precision import cpu_name  # noqa: E402
+from vitkit.machine import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = {  # registry name -> architecture as the peers take it

@@ -14,7 +14,7 @@ from pathlib import Path
 from vitkit.data import load_dataset
 from vitkit.inference import prepare_for_inference
 from vitkit.train import evaluate_dataset, load_checkpoint
-from vitkit.train.precision import cpu_name
+from vitkit.machine import cpu_name
 
 
 def main(run: Path) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vitkit.train.precision import cpu_name
+from vitkit.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vitkit.train.precision import cpu_name
+from vitkit.machine import cpu_name
 
 
 def default_name(cpu: str) -> str:

@@ -77,7 +77,7 @@ def test_bf16_attention_matmuls_agree_with_fused_attention():
 
 def test_reduced_precisions_attend_in_bf16(model):
     from vitkit.models import Attention
-    from vitkit.train.precision import cpu_has_bf16
+    from vitkit.machine import cpu_has_bf16
     expected = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.bfloat16 if cpu_has_bf16() else None}
     for precision, dtype in expected.items():
         prepared = prepare_for_inference(model, precision)

@@ -121,13 +121,18 @@ def test_last_block_on_prefix_tokens_only_keeps_logits_and_grads(name):
         torch.testing.assert_close(fast_grads[k], full_grads[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_full_last_block_when_its_attention_is_watched():
+def test_explain_sees_the_full_last_block_and_the_model_its_fast_path():
+    """The model's forward does not look for explain's hooks: explain asks for every token itself."""
+    from vitkit.explain.attention import forward_with_attention
     model = vitkit.create_model("vit_mini_patch4_28").eval()
-    seen = []
+    seen, x = [], torch.randn(2, 1, 28, 28)
     model.blocks[-1].attn.attn_hook = lambda mod, a: seen.append(a.shape)
     with torch.no_grad():
-        model(torch.randn(2, 1, 28, 28))
-    assert seen == [(2, 4, 50, 50)]
+        model(x)
+        assert seen == [(2, 4, 1, 50)]  # [class] row only
+        model.blocks[-1].attn.attn_hook = None
+        logits = forward_with_attention(model, x, lambda i, a: seen.append(a.shape), layers=[5])
+    assert seen[-1] == (2, 4, 50, 50) and torch.allclose(logits, model(x), atol=1e-5)
 
 
 def test_class_token_vs_avg_pool():

@@ -607,4 +607,4 @@ def test_fine_tuning_does_not_inherit_pretrainings_patch_dropout(tmp_path):
     train(digits_config(tmp_path / "pre", epochs=1, model_kwargs={**DIGITS_MODEL, "patch_drop_rate": 0.5}))
     trainer = Trainer(digits_config(tmp_path / "ft", epochs=1, init_from=str(tmp_path / "pre"), model_kwargs={}))
     assert isinstance(trainer.model.patch_drop, torch.nn.Identity)
-    assert trainer.model.model_kwargs["patch_drop_rate"] == 0.0
+    assert trainer.model.build_spec.kwargs["patch_drop_rate"] == 0.0

@@ -159,7 +159,7 @@ def test_a_timm_file_written_by_vitkit_names_its_model(name, tmp_path):
     assert set(load_file(tmp_path / "w.safetensors")) == set(model.state_dict())  # timm's reader sees tensors only
     back = load_model(tmp_path / "w.safetensors").eval()
     assert type(back) is type(model)
-    assert {k: back.model_kwargs.get(k) for k in model.model_kwargs} == model.model_kwargs  # plus defaults
+    assert {k: back.build_spec.kwargs.get(k) for k in model.build_spec.kwargs} == model.build_spec.kwargs  # plus defaults
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert max_diff(back(x), model(x)) == 0
@@ -231,7 +231,7 @@ def test_vitkit_checkpoint_folder(tmp_path):
     save_vitkit(model, tmp_path / "ck", classes=list("abcdefghij"), mean=[0.5], std=[0.5])
     back = vitkit.create_model(checkpoint=tmp_path / "ck")
     x = torch.randn(2, 1, 28, 28)
-    assert back.model_name == "vit_mini_patch4_28" and back.checkpoint_meta["mean"] == [0.5]
+    assert back.build_spec.name == "vit_mini_patch4_28" and back.checkpoint_meta["mean"] == [0.5]
     assert max_diff(logits(back, x), logits(model, x)) == 0
     convert(tmp_path / "ck", tmp_path / "hf", to="hf")  # class names travel on
     assert load_model(tmp_path / "hf").checkpoint_meta["classes"] == list("abcdefghij")
@@ -252,7 +252,7 @@ def test_vitkit_checkpoint_of_a_resnet(tmp_path):
     save_vitkit(model, tmp_path / "cnn", classes=list("abcdefghij"))
     back = load_model(tmp_path / "cnn")
     x = torch.randn(2, 1, 28, 28)
-    assert type(back).__name__ == "ResNet" and back.model_name == "resnet_mini_28"
+    assert type(back).__name__ == "ResNet" and back.build_spec.name == "resnet_mini_28"
     assert back.checkpoint_meta["classes"] == list("abcdefghij")
     assert max_diff(logits(back, x), logits(model, x)) == 0
     fresh = vitkit.create_model(checkpoint=tmp_path / "cnn", num_classes=3)  # new classes: a fresh fc

@@ -34,7 +34,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             parsed = parse_yaml(value)
         except yaml.YAMLError as e:
             raise VitkitError(f"--set {item}: not a YAML value ({str(e).splitlines()[0]}); quote strings, "
-                              "e.g. --set 'model_kwargs={depth: 7}'") from None
+                              "e.g. --set 'model_kwargs={depth: 7}'") from e
         if isinstance(parsed, dict) and None in parsed.values():  # {depth:7} is one key "depth:7" to YAML
             raise VitkitError(f"--set {item}: write a space after each colon, e.g. --set 'model_kwargs={{depth: 7}}' "
                               "(YAML reads depth:7 as one word, and 16:0 as the number 960)")
@@ -295,7 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server = make_server(predictor, args.host, args.port)
     except OSError as e:  # port taken, address not local, ...
-        raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from e
     predictor.warm_up()
     host = {"0.0.0.0": "<this machine>", "::": "<this machine>"}.get(args.host, args.host)
     host = f"[{host}]" if ":" in host else host
@@ -323,7 +323,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export
-    from .train import load_checkpoint
+    from .weights import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     default = Path(args.checkpoint) / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
@@ -387,7 +387,7 @@ def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], An
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.images import max_image_pixels
-    from .train import load_checkpoint
+    from .weights import load_checkpoint
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     model, cfg = load_checkpoint(args.checkpoint)

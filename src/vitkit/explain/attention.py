@@ -62,9 +62,12 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
 
 def forward_with_attention(model: nn.Module, x: torch.Tensor, callback: LayerCallback,
                            layers: int | Sequence[int] | None = None) -> torch.Tensor:
-    """One eval-mode, no-grad forward pass that feeds each layer's attention to ``callback``; returns logits."""
+    """One eval-mode, no-grad forward pass that feeds each layer's attention to ``callback``; returns logits.
+
+    It runs every token through every layer (``forward_features``), where ``model(x)`` may skip the
+    last layer's patch tokens, whose attention rows a map or a rollout needs."""
     with eval_no_grad(model), record_attention(model, callback, layers):
-        return model(x)
+        return model.forward_head(model.forward_features(x))
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor, layers: int | Sequence[int] | None = None) -> torch.Tensor:

@@ -71,8 +71,12 @@ class DistanceAccumulator:
         return self.uniform_sum / max(self.images, 1)
 
 
-def fold_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]) -> DistanceAccumulator:
-    """Run the model over ``batches`` and fold every layer's attention distance into one accumulator."""
+def fold_attention_distance(model: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]
+                            ) -> DistanceAccumulator:
+    """Run the model over ``batches`` and fold every layer's attention distance into one accumulator.
+    A tensor [B, C, H, W] is one batch (iterating it would hand over single images)."""
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
     mods = attention_modules(check_vit(model))
     acc = DistanceAccumulator(len(mods), mods[0].num_heads, patch_size(model), num_prefix_tokens(model))
     for batch in batches:
@@ -82,11 +86,11 @@ def fold_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]) -
     return acc
 
 
-def mean_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]) -> np.ndarray:
+def mean_attention_distance(model: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> np.ndarray:
     """Mean attention distance in input pixels, per layer and head: [layers, heads].
 
-    ``batches`` yields normalised image tensors [B, C, H, W] (or ``(images, labels)``
-    pairs, as a DataLoader does); each batch is folded in as it passes, so any number
-    of images fits in memory.
+    ``batches`` is one normalised image tensor [B, C, H, W], or yields such tensors (or
+    ``(images, labels)`` pairs, as a DataLoader does); each batch is folded in as it passes, so
+    any number of images fits in memory.
     """
     return fold_attention_distance(model, batches).mean()

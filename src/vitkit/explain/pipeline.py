@@ -121,7 +121,7 @@ def explain_images(model: nn.Module, images: torch.Tensor, originals: Sequence[A
     captions = {"filters": "Top principal components of the patch-embedding filters (ViT paper, Fig. 7 left).",
                 "pos_embed": "Cosine similarity of each position's embedding to all others (ViT paper, Fig. 7 centre)."}
     sections.append(Section("Model", [Figure(path, captions[key]) for key, path in figures.items()]))
-    name = getattr(model, "model_name", type(model).__name__)
+    name = spec.name if (spec := getattr(model, "build_spec", None)) else type(model).__name__
     report = write_report(out_dir / "report.html", f"vitkit explain: {name}", sections,
                           f"{b} image(s), input {images.shape[-2]}x{images.shape[-1]}, {gh}x{gw} patches.")
     return {"report": report, "figures": figures, "images": results}

@@ -97,7 +97,7 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
-            raise VitkitError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+            raise VitkitError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from e
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # e.g. ['batch', 3, 224, 224]
         self.input_shape = tuple(d if isinstance(d, int) else None for d in shape[1:])

@@ -59,7 +59,7 @@ def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str |
     The classifier is the model through :func:`prepare_for_inference`, or with ``onnx`` the
     exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits.
     """
-    from ..train import load_checkpoint
+    from ..weights import load_checkpoint
     from .export import OnnxClassifier
     from .prepare import prepare_for_inference
 

@@ -21,7 +21,7 @@ from torch import nn
 from ..allocator import freed_memory_kept
 from ..errors import VitkitError
 from ..models.layers import Attention, Mlp
-from ..train.precision import cpu_has_bf16
+from ..machine import cpu_has_bf16
 
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
 

@@ -9,6 +9,7 @@ from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, P
 from .pos_embed import resample_abs_pos_embed
 from .registry import (ModelSpec, count_params, create_model, get_model_spec, list_models, model_param_count,
                        register_model)
+from .spec import BuildSpec, input_geometry, record_change, spec_of
 from .resnet import ResNet
 from .sl_vit import LocalitySelfAttention, ShiftedPatchEmbed, sl_vit
 from .vit import VisionTransformer
@@ -16,5 +17,5 @@ from .vit import VisionTransformer
 __all__ = ["Attention", "Block", "DistilledVisionTransformer", "DropPath", "HybridEmbed", "LayerScale",
            "LocalitySelfAttention", "Mlp", "PatchDropout", "PatchEmbed", "ResNet", "ShiftedPatchEmbed",
            "VisionTransformer",
-           "ModelSpec", "count_params", "create_model", "get_model_spec", "hybrid_vit", "list_models",
+           "BuildSpec", "ModelSpec", "count_params", "input_geometry", "record_change", "spec_of", "create_model", "get_model_spec", "hybrid_vit", "list_models",
            "model_param_count", "register_model", "resample_abs_pos_embed", "sl_vit"]

@@ -81,6 +81,8 @@ class DistilledVisionTransformer(VisionTransformer):
 
 
 # --- registry: timm's DeiTs, and 28x28 grayscale students beside vitkit's small ViTs --------
+register_model("vision_transformer_distilled", DistilledVisionTransformer,
+               "a DeiT with a distillation token, of any size: what such weights of no registered name rebuild")
 for _size in ("tiny", "small", "base"):
     for _res in ((224, 384) if _size == "base" else (224,)):
         _cfg = dict(img_size=_res, patch_size=16, **VIT_SIZES[_size])

@@ -7,13 +7,13 @@ that define it. ``create_model(name, **overrides)`` merges the overrides on top,
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..errors import VitkitError
 from .spec import BuildSpec
 from .vit import VisionTransformer
 
@@ -36,7 +36,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(name: str, builder: Callable[..., nn.Module], description: str = "", **kwargs: Any) -> None:
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
+        raise KeyError(f"model {name!r} is already registered")
     _REGISTRY[name] = ModelSpec(name, builder, kwargs, description)
 
 
@@ -51,31 +51,27 @@ def get_model_spec(name: str) -> ModelSpec:
     except KeyError:
         close = [n for n in _REGISTRY if name.split("_")[0] in n][:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown model {name!r} (see `vitkit models`){hint}") from None
+        raise VitkitError(f"unknown model {name!r} (see `vitkit models`){hint}") from None
 
 
-def create_model(name: str | None = None, checkpoint: str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace the named configuration's keyword arguments.
 
-    With ``checkpoint`` (a file or folder in any layout ``vitkit.weights`` reads) the
-    architecture comes from the weights, which are loaded; ``name`` then only fills in
-    what the weights cannot tell. The resulting model remembers ``model_name`` and
-    ``model_kwargs`` (the full merged keyword arguments) so that a checkpoint can rebuild it exactly.
+    The model carries its :class:`BuildSpec` (``model.build_spec``: the name and the full merged
+    keyword arguments), which is all a checkpoint needs to rebuild it. Weights from a file or
+    the Hub come through ``vitkit.create_model``, which builds on this.
     """
-    if checkpoint is not None:
-        from ..weights import load_model  # weights builds on models, so import on use
-        return load_model(checkpoint, name, **overrides)
-    if name is None:
-        raise ValueError("create_model needs a model name or a checkpoint")
     spec = get_model_spec(name)
     kwargs = {**spec.kwargs, **overrides}
     try:
         model = spec.builder(**kwargs)
     except TypeError as e:
-        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+        if "unexpected keyword argument" not in str(e):
+            raise  # a bug, not a bad argument
+        raise VitkitError(f"model {name!r} takes no {str(e).split('argument ')[-1]} argument") from e
+    except ValueError as e:  # constructors check their arguments with ValueError
+        raise VitkitError(f"bad arguments for model {name!r}: {e}") from e
     model.build_spec = BuildSpec(name, kwargs)
-    model.model_name = name  # (old names, until every reader uses build_spec)
-    model.model_kwargs = kwargs
     return model
 
 
@@ -104,6 +100,8 @@ _TIMM_VITS = [  # (size, patch, resolution) as registered in timm
     ("large", 32, 224), ("large", 32, 384), ("large", 16, 224), ("large", 16, 384), ("large", 14, 224),
     ("huge", 14, 224),
 ]
+register_model("vision_transformer", VisionTransformer,
+               "a ViT of any size (VisionTransformer's keyword arguments): what weights of no registered name rebuild")
 for _size, _patch, _res in _TIMM_VITS:
     _extra = {"num_classes": 0} if _size == "huge" else {}  # timm ships ViT-H/14 without a head
     register_model(f"vit_{_size}_patch{_patch}_{_res}", VisionTransformer,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .spec import record_change
 
 
 class StdConv2d(nn.Conv2d):
@@ -139,8 +140,7 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if hasattr(self, "model_kwargs"):  # so that a checkpoint saved afterwards has this head
-            self.model_kwargs = {**self.model_kwargs, "num_classes": num_classes}
+        record_change(self, num_classes=num_classes)  # so that a checkpoint saved afterwards has this head
         if zero_init and num_classes > 0:
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)

@@ -53,6 +53,14 @@ def spec_of(model: nn.Module) -> BuildSpec:
     return spec
 
 
+def input_geometry(model: nn.Module) -> tuple[int, int]:
+    """(in_chans, img_size) a model takes; a CNN (no patch embedding) takes its build size, else 224."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None:
+        return embed.in_chans, embed.img_size[0]
+    return model.in_chans, getattr(model, "img_size", None) or 224
+
+
 def record_change(model: nn.Module, **changes: Any) -> None:
     """Keep the spec in step with a change a method made to the architecture (a no-op for a module
     built by hand, which has no spec to keep)."""

@@ -14,6 +14,7 @@ from torch import nn
 
 from .layers import Attention, AttentionPoolLatent, Block, PatchDropout, PatchEmbed
 from .pos_embed import resample_abs_pos_embed, sincos_2d_pos_embed
+from .spec import record_change
 
 GlobalPool = Literal["token", "avg", "map", ""]
 PosEmbed = Literal["learn", "sincos"]
@@ -121,7 +122,7 @@ class VisionTransformer(nn.Module):
                          zero_init: bool = False) -> None:
         """Swap the head for ``num_classes`` outputs; ``zero_init`` is the paper's fine-tuning head.
 
-        ``model_kwargs`` follows, so that a checkpoint saved afterwards rebuilds this model."""
+        The build spec follows, so that a checkpoint saved afterwards rebuilds this model."""
         if global_pool is not None:
             if global_pool == "map" and self.attn_pool is None:
                 raise ValueError("attention pooling cannot be added to a model built without it: build it with "
@@ -133,9 +134,8 @@ class VisionTransformer(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = self.new_head(zero_init)
-        if hasattr(self, "model_kwargs"):  # set by create_model and the loaders
-            self.model_kwargs = {**self.model_kwargs, "num_classes": num_classes, "global_pool": self.global_pool,
-                                 "fc_norm": isinstance(self.fc_norm, nn.LayerNorm)}  # as built, not as pooling implies
+        record_change(self, num_classes=num_classes, global_pool=self.global_pool,
+                      fc_norm=isinstance(self.fc_norm, nn.LayerNorm))  # as built, not as the pooling implies
 
     def new_head(self, zero_init: bool = False) -> nn.Module:
         """A freshly initialised ``num_features`` -> ``num_classes`` linear layer (Identity for 0 classes)."""
@@ -154,6 +154,7 @@ class VisionTransformer(nn.Module):
         closes on every token, the share evaluation sees (FLIP's unmasked tuning)."""
         if rate != getattr(self.patch_drop, "prob", 0.0):  # a new module makes torch.compile recompile
             self.patch_drop = PatchDropout(rate, self.num_prefix_tokens) if rate else nn.Identity()
+        record_change(self, patch_drop_rate=rate)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -194,18 +195,14 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._head_reads_prefix_only():
+        """Logits. When the head reads only the [class] (and distillation) token, the last block
+        updates only those: the same logits for about 3/4 of one block's work less (what CaiT's
+        class attention makes architectural). ``forward_head(forward_features(x))`` computes every
+        token, for callers that want them all (explain's attention maps)."""
+        if self.global_pool != "token" or len(self.blocks) == 0:
             return self.forward_head(self.forward_features(x))
-        # The head reads only the [class] (and distillation) token, so the last block updates only
-        # those: same logits, about 3/4 of one block's work saved (what CaiT's class attention
-        # makes architectural).
         x = self.embed(x)
         *first, last = self.blocks
         for block in first:
             x = block(x)
         return self.forward_head(self.norm(last(x, queries=self.num_prefix_tokens)))
-
-    def _head_reads_prefix_only(self) -> bool:
-        """False when every token's final state is wanted: no pooling, mean pooling, or an
-        attention hook on the last block (which expects the full attention matrix)."""
-        return self.global_pool == "token" and len(self.blocks) > 0 and self.blocks[-1].attn.attn_hook is None

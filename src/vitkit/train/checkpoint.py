@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import VitkitError
 from ..fileio import atomic_write
-from ..weights import load_model, save_vitkit
-from .finetune import input_geometry
+from ..weights import load_checkpoint, save_vitkit  # noqa: F401  (load_checkpoint: vitkit.train's API too)
 
 try:
     import fcntl
@@ -120,62 +117,6 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     return save_vitkit(unwrap(model), directory, **meta)
 
 
-def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """A model (eval mode) and what running it needs, from weights in any layout ``vitkit.weights`` reads.
-
-    Foreign weights carry no class names, and a timm file no normalisation; they get numbered
-    classes and :func:`assumed_normalisation`, with a warning that says how to record the right one.
-    """
-    model = load_model(path, **overrides)
-    meta = dict(getattr(model, "checkpoint_meta", {}))
-    chans, img_size = input_geometry(model)
-    num_classes = getattr(model, "num_classes", 0)
-    meta.setdefault("classes", [str(i) for i in range(num_classes)])
-    if "mean" not in meta or "std" not in meta:
-        meta["mean"], meta["std"] = assumed_normalisation(model, chans, path)
-    meta.setdefault("in_chans", chans)
-    meta.setdefault("img_size", img_size)
-    classes = meta["classes"]
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)) or len(set(classes)) < len(classes):
-        raise VitkitError(f"{path}: config's classes must be a list of distinct names, got {str(classes)[:80]}")
-    if len(meta["classes"]) != num_classes:
-        raise VitkitError(f"{path}: config lists {len(meta['classes'])} classes but the head has {num_classes} outputs")
-    if not all(_is_int(meta[k]) for k in ("in_chans", "img_size")):
-        raise VitkitError(f"{path}: config's in_chans and img_size must be whole numbers, "
-                          f"got {meta['in_chans']!r} and {meta['img_size']!r}")
-    if (meta["in_chans"], meta["img_size"]) != (chans, img_size):
-        raise VitkitError(f"{path}: config says {meta['in_chans']} channels at {meta['img_size']} px but the "
-                          f"weights are a model for {chans} at {img_size}")
-    stats = [meta["mean"], meta["std"]]
-    if not all(isinstance(v, list) and len(v) == chans and all(_is_number(x) for x in v) for v in stats) \
-            or min(meta["std"]) <= 0:
-        raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
-                          f"got mean {meta['mean']}, std {meta['std']}")
-    return model.eval(), meta
-
-
-def assumed_normalisation(model: nn.Module, chans: int, path: str | Path) -> tuple[list[float], list[float]]:
-    """For weights that do not record theirs: ImageNet's statistics for a distilled DeiT (Facebook's
-    weights, the only ones with a distillation token), else 0.5 (Google's ViT weights, timm's AugReg).
-    A wrong guess shifts every input, so the user is told what was assumed and how to fix it."""
-    if hasattr(model, "dist_token") and chans == 3:
-        mean, std, whose = list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet's, as DeiT's weights want"
-    else:
-        mean, std, whose = [0.5] * chans, [0.5] * chans, "0.5, as Google's ViT weights want"
-    warnings.warn(f"{path}: the weights do not record their input normalisation; assuming mean and std {whose}. "
-                  f"If they were trained otherwise, record it: vitkit convert {path} FOLDER --mean ... --std ..., "
-                  "then use FOLDER", stacklevel=3)
-    return mean, std
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def save_train_state(directory: str | Path, state: dict[str, Any]) -> None:
     atomic_write(Path(directory) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
@@ -187,4 +128,4 @@ def load_train_state(directory: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise VitkitError(f"{path}: cannot read training state ({e.__class__.__name__}: {e})") from None
+        raise VitkitError(f"{path}: cannot read training state ({e.__class__.__name__}: {e})") from e

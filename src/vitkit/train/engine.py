@@ -7,12 +7,14 @@ after epoch k and resumed ends exactly where the uninterrupted run ends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,29 +25,27 @@ from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a term
 from ..allocator import keep_freed_memory
 from ..data import BatchAugment, Mixup, folder_root, has_separate_test, load_dataset, make_loader
 from ..errors import VitkitError
-from ..models import count_params, create_model, get_model_spec
-from ..fileio import write_json, write_text
+from ..machine import cpu_name
+from ..models import count_params, create_model, get_model_spec, input_geometry, spec_of
+from ..fileio import WriteError, write_json, write_text
 from ..progress import progress
 from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
                          training_lock, unwrap)
-from .config import TrainConfig
+from .config import FEW_STEPS, TrainConfig
 from .losses import Teacher, TrainingLoss
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
-from .finetune import body_to_eval, freeze_body, init_backbone, input_geometry, load_pretrained, replace_head
+from .finetune import body_to_eval, freeze_body, init_backbone, load_pretrained, replace_head
 from .fp32_linear import onednn_pays_off, use_onednn_linears
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
-from .precision import autocast, cpu_name, resolve_precision
+from .precision import autocast, resolve_precision
 
 
 def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
     """(in_chans, img_size) a model built from scratch by ``cfg`` takes."""
-    try:
-        kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
-    except ValueError as e:  # an unknown name
-        raise VitkitError(str(e)) from None
+    kwargs = {**get_model_spec(cfg.model).kwargs, **cfg.model_kwargs}
     given = cfg.model_kwargs.get("img_size")
     if cfg.img_size and given and given != cfg.img_size:  # the data would be cut to one, the model built for the other
         raise VitkitError(f"img_size {cfg.img_size} and model_kwargs img_size {given} disagree; give one of them")
@@ -92,10 +92,7 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: nn.Module | None
     _, img_size = model_input_shape(cfg)
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_rate=cfg.drop_rate,
                   drop_path_rate=cfg.drop_path_rate)
-    try:
-        return create_model(cfg.model, **{**kwargs, **cfg.model_kwargs})
-    except (TypeError, ValueError) as e:  # a size or keyword this architecture cannot take
-        raise VitkitError(f"{cfg.model}: {e}") from None
+    return create_model(cfg.model, **{**kwargs, **cfg.model_kwargs})
 
 
 def _seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> None:
@@ -123,25 +120,23 @@ class Trainer:
         self.cfg = cfg = cfg.with_absolute_paths()
         self.out = Path(cfg.output)
         self.precision = resolve_precision(cfg.precision)
-        if cfg.batch_size % self.info.world_size:
-            raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
-        self.batch_per_rank = cfg.batch_size // self.info.world_size
         state = load_train_state(self.out) if resume else None
         if state is not None:
             self._check_resumable(state)
         torch.manual_seed(cfg.seed)
         pretrained = self._pretrained(resume) if cfg.init_from else None
-        if pretrained is not None:  # the run trains the weights' model (None: the file names none), not the default
-            self.cfg = cfg = dataclasses.replace(cfg, model=pretrained.model_name)
+        if pretrained is not None:  # the run trains the weights' model, not the default
+            self.cfg = cfg = dataclasses.replace(cfg, model=spec_of(pretrained).name)
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
         self.train_ds, self.eval_ds, self.test_ds = build_datasets(cfg, self.in_chans, self.img_size)
+        self.cfg = cfg = self._settled(cfg)
+        self.batch_per_rank = cfg.batch_size // self.info.world_size
         self.classes = list(self.train_ds.classes)
         self.mean, self.std = self._normalisation(pretrained)
         self.model = build_model(cfg, len(self.classes), pretrained)
         if pretrained is not None and hasattr(self.model, "set_patch_drop_rate"):  # this run's, not pretraining's
             rate = cfg.model_kwargs.get("patch_drop_rate", 0.0)
             self.model.set_patch_drop_rate(rate)
-            self.model.model_kwargs = {**self.model.model_kwargs, "patch_drop_rate": rate}
         if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
         if cfg.channels_last:
@@ -159,7 +154,7 @@ class Trainer:
             self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
                                               cfg.layer_decay)
         except ValueError as e:
-            raise VitkitError(f"{self.model_name}: {e}") from None
+            raise VitkitError(f"{self.model_name}: {e}") from e
         self.scheduled_lr = cfg.lr
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
                                          "best_top1": -1.0}
@@ -173,6 +168,22 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
+
+    def _settled(self, cfg: TrainConfig) -> TrainConfig:
+        """What the recipe left to vitkit, decided from the data: batch size and epochs (counted in
+        optimiser steps, see TrainConfig.auto_schedule), and flips where the dataset allows them.
+        The run records the decided values, so a resume or a repeat trains the same way."""
+        cfg = cfg.auto_schedule(len(self.train_ds))
+        if cfg.hflip is None:
+            cfg = dataclasses.replace(cfg, hflip=self.train_ds.flip_invariant)
+        if cfg.batch_size % self.info.world_size:
+            raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
+        steps = cfg.total_steps(len(self.train_ds))
+        if steps < FEW_STEPS and not cfg.init_from:
+            _log(self.info, f"warning: {len(self.train_ds)} images in batches of {cfg.batch_size} for {cfg.epochs} "
+                            f"epochs is only {steps} optimiser steps, too few for a model trained from scratch "
+                            f"to learn much: lower --batch-size or raise --epochs (or leave both to vitkit)")
+        return cfg
 
     def _normalisation(self, pretrained: nn.Module | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The recipe's mean/std, else what pretrained weights were trained with, else the dataset's."""
@@ -192,11 +203,8 @@ class Trainer:
         (its state then restores every tensor), so the pretrained file need not be kept."""
         cfg = self.cfg
         source = self.out if resume else cfg.init_from
-        try:
-            return load_pretrained(source, cfg.img_size, drop_rate=cfg.drop_rate,
-                                   drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
-        except (TypeError, ValueError) as e:  # a size or keyword these weights cannot take
-            raise VitkitError(f"{source}: {e}") from None
+        return load_pretrained(source, cfg.img_size, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+                               **cfg.model_kwargs)
 
     def _augmentation(self) -> tuple[BatchAugment, Mixup | None]:
         cfg = self.cfg
@@ -216,7 +224,7 @@ class Trainer:
             try:
                 self.model.set_distilled_training(True)
             except ValueError as e:
-                raise VitkitError(f"--distill-from: {e}") from None
+                raise VitkitError(f"--distill-from: {e}") from e
         elif self.teacher is not None:
             _log(self.info, f"{self.model_name} has no distillation token: the teacher's loss is blended on its "
                             "one head")
@@ -264,8 +272,7 @@ class Trainer:
     @property
     def model_name(self) -> str:
         """The registry name of what is trained: the loaded weights' own when fine-tuning."""
-        return unwrap(self.model).model_name or (f"the model of {self.cfg.init_from}" if self.cfg.init_from
-                                                 else self.cfg.model)
+        return spec_of(unwrap(self.model)).name
 
     def _restore(self, state: dict[str, Any]) -> None:
         if (self.ema is not None) != ("ema" in state):
@@ -278,7 +285,7 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-            raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({first})") from None
+            raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({first})") from e
         self.progress = state["progress"]
         _log(self.info, f"resuming {self.out} after epoch {self.progress['epoch']}")
 
@@ -402,6 +409,21 @@ class Trainer:
         _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  "
                         f"eval top-1 {100 * metrics['top1']:.2f}%  ({seconds:.0f}s)")
 
+    @contextlib.contextmanager
+    def _run_folder_errors(self, done: int) -> Iterator[None]:
+        """A file of the run that cannot be written (full disk, read-only folder) stops the run with one
+        line: which file, what is intact, how to go on. Checkpoints are written atomically and the
+        training state last, so the epochs before ``done`` are whole on disk."""
+        try:
+            yield
+        except WriteError as e:
+            if done == 0:
+                raise VitkitError(f"{e}; no epoch was finished before it: make room (or fix the folder's "
+                                  "permissions) and start the run again") from e
+            raise VitkitError(f"{e}; epochs 1-{done} are intact in {self.out}: make room (or fix the folder's "
+                              f"permissions), then `vitkit train --resume {self.out}` goes on from there (or "
+                              "copy the folder elsewhere and resume it there)") from e
+
     def fit(self) -> dict[str, Any]:
         wall = time.perf_counter()
         if self.info.is_main:
@@ -430,9 +452,11 @@ class Trainer:
             seconds = time.perf_counter() - start
             self.progress["train_seconds"] += seconds
             if self.info.is_main:
-                self._save_epoch(epoch, train_loss, self.evaluate(), seconds)
+                with self._run_folder_errors(done=epoch):
+                    self._save_epoch(epoch, train_loss, self.evaluate(), seconds)
             barrier(self.info)
-        result = self.final_report(time.perf_counter() - wall) if self.info.is_main else {}
+        with self._run_folder_errors(done=self.cfg.epochs):
+            result = self.final_report(time.perf_counter() - wall) if self.info.is_main else {}
         barrier(self.info)
         shutdown(self.info)
         return result

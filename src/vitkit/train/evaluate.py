@@ -70,8 +70,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = Non
     ``dataset`` defaults to the one it was trained on and ``split`` to its held-out part, or all of
     a folder it never saw (a tenth of it, its val_fraction split, would say little). The model runs as
     ``prepare_for_inference(model, precision)`` runs it, the way ``predict`` and ``serve`` do."""
-    from ..inference import prepare_for_inference  # inference imports train's precision helpers
-    from .checkpoint import load_checkpoint
+    from ..inference import prepare_for_inference  # loads torch's quantisation on first use
+    from ..weights import load_checkpoint
 
     model, cfg = load_checkpoint(checkpoint)
     spec = dataset or cfg.get("dataset")

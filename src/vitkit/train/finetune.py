@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import VitkitError
+from ..models.spec import record_change
 from ..weights import load_model
 from ..weights.build import HEADS, load_strict
 
@@ -31,18 +32,9 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     if not isinstance(getattr(model, "pre_logits", nn.Identity()), nn.Identity):
         model.pre_logits = nn.Identity()
         model.num_features = model.embed_dim
-        if hasattr(model, "model_kwargs"):
-            model.model_kwargs = {**model.model_kwargs, "representation_size": None}
-    model.reset_classifier(num_classes, zero_init=True)  # which keeps model_kwargs' num_classes in step
+        record_change(model, representation_size=None)
+    model.reset_classifier(num_classes, zero_init=True)  # which records the new head in the build spec
     return model
-
-
-def input_geometry(model: nn.Module) -> tuple[int, int]:
-    """(in_chans, img_size) a model takes; a CNN (no patch embedding) takes its build size, else 224."""
-    embed = getattr(model, "patch_embed", None)
-    if embed is not None:
-        return embed.in_chans, embed.img_size[0]
-    return model.in_chans, getattr(model, "img_size", None) or 224
 
 
 def freeze_body(model: nn.Module) -> None:

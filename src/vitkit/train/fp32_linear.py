@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import cpu_is_intel
+from ..machine import cpu_is_intel
 
 
 @torch.library.custom_op("vitkit::onednn_linear", mutates_args=())

@@ -7,33 +7,9 @@ the CPU has the instructions.
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 
-
-@lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_bf16() -> bool:
-    return any(f in _cpuinfo() for f in (" avx512_bf16", " amx_bf16"))
-
-
-def cpu_is_intel() -> bool:
-    return "GenuineIntel" in _cpuinfo()
-
-
-def cpu_name() -> str:
-    """The CPU's model name: training times mean little without it (an AMX Xeon ran the demo 1.5x faster
-    than an AMD EPYC with the same two cores)."""
-    lines = _cpuinfo().splitlines()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+from ..machine import cpu_has_bf16
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

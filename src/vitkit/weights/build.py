@@ -38,7 +38,7 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
     try:
         base = dict(get_model_spec(name).kwargs) if name else {}
     except ValueError as e:
-        raise VitkitError(f"{ckpt.source}: {e}") from None
+        raise VitkitError(f"{ckpt.source}: {e}") from e
     build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
     model = build(ckpt, name, base, overrides)
     model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **_meta_after(ckpt.meta, model, overrides)}
@@ -77,7 +77,8 @@ _SHAPING = ("embed_dim", "depth", "mlp_ratio", "patch_size", "in_chans", "class_
 
 
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
-    found = {**infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    # a file that states its build spec (vitkit's) is rebuilt from it alone; others are read off the tensors
+    found = dict(ckpt.kwargs) if ckpt.model_name else {**infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
     if name and name != ckpt.model_name:  # the caller's name (a file's own may carry its own kwargs)
         _check_name_fits(ckpt.source, name, base, found, overrides)
     native = {**base, **found}
@@ -116,14 +117,11 @@ def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Modu
     if name and distilled and not _builds_distilled(name):
         raise VitkitError(f"{source}: the weights are a distilled DeiT (dist_token) but {name} is not; "
                           "use a deit_*_distilled_* name or none")
+    name = name or ("vision_transformer_distilled" if distilled else "vision_transformer")
     try:
-        if name:
-            return create_model(name, **kwargs)
-        model = (DistilledVisionTransformer if distilled else VisionTransformer)(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise VitkitError(f"{source}: cannot build the model ({e})") from None
-    model.model_name, model.model_kwargs = None, kwargs
-    return model
+        return create_model(name, **kwargs)
+    except VitkitError as e:
+        raise VitkitError(f"{source}: cannot build the model ({e})") from e
 
 
 def _builds_distilled(name: str) -> bool:

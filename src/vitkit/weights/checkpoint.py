@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.spec import with_tuples
 from .files import StateDict
 
 
@@ -32,11 +33,12 @@ _RUN_META = ("classes", "mean", "std")  # what running the model needs, kept as 
 
 
 def architecture_metadata(model: Any) -> dict[str, str]:
-    """The registry name and keyword arguments of a model ``create_model`` built; {} for others."""
-    kwargs = getattr(model, "model_kwargs", None)
-    if kwargs is None:
+    """The model's build spec as header strings; {} for a module built by calling its class."""
+    spec = getattr(model, "build_spec", None)
+    if spec is None:
         return {}
-    return {_NAME: getattr(model, "model_name", None) or "", _KWARGS: json.dumps(kwargs)}
+    data = spec.to_json()
+    return {_NAME: data["model"], _KWARGS: json.dumps(data["model_kwargs"])}
 
 
 def run_metadata(meta: dict[str, Any]) -> dict[str, str]:
@@ -54,12 +56,3 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[str | None, di
     if _KWARGS not in metadata:
         return None, {}
     return metadata.get(_NAME) or None, with_tuples(json.loads(metadata[_KWARGS]))
-
-
-def with_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments read back from JSON, which turns tuples (sizes, a backbone's stages) into lists."""
-    def fix(v: Any) -> Any:
-        if isinstance(v, list):
-            return tuple(fix(x) for x in v)
-        return {k: fix(x) for k, x in v.items()} if isinstance(v, dict) else v
-    return fix(kwargs)

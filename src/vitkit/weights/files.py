@@ -40,7 +40,7 @@ def _zip_kind(path: Path) -> str:
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise VitkitError(f"{path}: damaged or truncated zip archive ({e})") from None
+        raise VitkitError(f"{path}: damaged or truncated zip archive ({e})") from e
     if any(n.endswith("data.pkl") for n in names):
         return "torch"
     if names and all(n.endswith(".npy") for n in names):
@@ -74,7 +74,7 @@ def _read_safetensors(path: Path) -> StateDict:
     try:
         return load_file(str(path))
     except Exception as e:  # SafetensorError for truncation, header or dtype problems
-        raise VitkitError(f"{path}: unreadable safetensors file ({e})") from None
+        raise VitkitError(f"{path}: unreadable safetensors file ({e})") from e
 
 
 def _read_torch(path: Path) -> StateDict:
@@ -83,8 +83,8 @@ def _read_torch(path: Path) -> StateDict:
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
             raise VitkitError(f"{path}: refused to load: the pickle holds more than tensors (code or custom "
-                              f"objects); only plain state dicts are read") from None
-        raise VitkitError(f"{path}: unreadable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+                              f"objects); only plain state dicts are read") from e
+        raise VitkitError(f"{path}: unreadable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
     return _unwrap(obj, path)
 
 
@@ -106,7 +106,7 @@ def _read_npz(path: Path) -> StateDict:
         with np.load(path, allow_pickle=False) as z:
             return {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32).copy()) for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise VitkitError(f"{path}: unreadable .npz ({e})") from None
+        raise VitkitError(f"{path}: unreadable .npz ({e})") from e
 
 
 def read_json(path: Path) -> dict:
@@ -114,7 +114,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise VitkitError(f"{path}: unreadable JSON ({e})") from None
+        raise VitkitError(f"{path}: unreadable JSON ({e})") from e
     if not isinstance(data, dict):
         raise VitkitError(f"{path}: expected a JSON object {{...}}, found a {type(data).__name__}")
     return data

@@ -2,8 +2,8 @@
 
 The config names the registry entry and the full keyword arguments, so loading needs no
 inference at all, and carries what inference needs beside the weights (class names,
-normalisation mean/std). ``"model": null`` marks a model built from inferred keyword
-arguments rather than a registry name.
+normalisation mean/std). ``"model"`` and ``"model_kwargs"`` are the model's build spec; ``"model": null``
+marks a ViT built by calling its class, described by what its tensors do not show.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import VitkitError
 from ..fileio import write_json
-from .checkpoint import Checkpoint, with_tuples
+from ..models.spec import with_tuples
+from .checkpoint import Checkpoint
 from .files import read_json, read_tensors
 from .timm import save_timm
 
@@ -36,9 +37,10 @@ def read_folder(folder: Path) -> Checkpoint:
 def save_vitkit(model: nn.Module, folder: str | Path, **meta: Any) -> Path:
     """Write a checkpoint folder; ``meta`` (e.g. ``classes``, ``mean``, ``std``) goes into config.json."""
     folder = Path(folder)
-    kwargs = getattr(model, "model_kwargs", None) or _unstated_kwargs(model)
+    spec = getattr(model, "build_spec", None)
+    arch = spec.to_json() if spec is not None else {"model": None, "model_kwargs": _unstated_kwargs(model)}
     save_timm(model, folder / "model.safetensors", meta)  # the file alone then runs as the folder does
-    config = {"format": FORMAT, "model": getattr(model, "model_name", None), "model_kwargs": kwargs, **meta}
+    config = {"format": FORMAT, **arch, **meta}
     write_json(folder / "config.json", config)
     return folder
 
