@@ -2,7 +2,9 @@
 
 Shapes fix the width, depth, patch size, grid, channels, MLP ratio, head and
 pre-logits sizes; the presence of a tensor fixes the options (``cls_token``,
-``fc_norm``, ``attn.qkv.bias``, ``ls1.gamma``, DeiT's ``dist_token`` and ``head_dist``).
+``fc_norm``, ``attn.qkv.bias``, ``ls1.gamma``, DeiT's ``dist_token`` and ``head_dist``), and
+the length of ``pos_embed`` whether the prefix tokens have position embeddings (DeiT III's
+``no_embed_class`` has none).
 The head count leaves no trace in a fused ``qkv`` matrix, so it must come from
 elsewhere (see :func:`default_num_heads`).
 """
@@ -15,11 +17,18 @@ from ..errors import VitkitError
 from ..models.registry import VIT_SIZES
 from .files import StateDict
 
+# Tensors of registered models whose architecture is not read off the tensors: they load under their name.
+_NAMED_ONLY = {"blocks_token_only.0.gamma_1": "CaiT (cait_*)", "blocks.0.attn.gating_param": "ConViT (convit_*)",
+               "pos_embed_0": "CrossViT (crossvit_*)"}
 _REQUIRED = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
 
 
 def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     """VisionTransformer keyword arguments that the tensors determine (not ``num_heads``)."""
+    family = next((f for key, f in _NAMED_ONLY.items() if key in sd), None)
+    if family:
+        raise VitkitError(f"{source}: these are a {family} model's weights, which vitkit loads under its "
+                          "registered name: pass the model name (and any size the file's model differs in)")
     missing = [k for k in _REQUIRED if k not in sd]
     if missing:
         raise VitkitError(f"{source}: not a Vision Transformer state dict (no {', '.join(missing)}); other "
@@ -29,7 +38,7 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         embed_dim=dim, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token, no_embed_class=_no_embed_class(sd),
         init_values=1e-5 if "blocks.0.ls1.gamma" in sd else None,  # any value: gamma is loaded over it
         num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
         representation_size=sd["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in sd else None,
@@ -50,7 +59,7 @@ def _patch_geometry(sd: StateDict, proj_shape: tuple[int, ...]) -> dict[str, Any
     """Channels and patch size from the patch-embedding conv; the image size from the position grid."""
     _, in_chans, ph, pw = proj_shape
     out: dict[str, Any] = dict(in_chans=in_chans, patch_size=ph if ph == pw else (ph, pw))
-    grid = checkpoint_grid(sd, num_prefix_tokens(sd))
+    grid = checkpoint_grid(sd, pos_embed_prefix(sd))
     if grid is not None:
         out["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
     return out
@@ -69,6 +78,22 @@ def _pooling(sd: StateDict, class_token: bool) -> dict[str, Any]:
 def num_prefix_tokens(sd: StateDict) -> int:
     """Tokens before the patches: [class], and DeiT's distillation token."""
     return int("cls_token" in sd) + int("dist_token" in sd)
+
+
+def _no_embed_class(sd: StateDict) -> bool:
+    """Whether ``pos_embed`` leaves the prefix tokens out: its length is a square grid, and the grid plus
+    the prefix would not be (no two squares above 1 differ by 1 or 2, so square grids are never ambiguous;
+    a non-square grid without prefix entries needs ``no_embed_class`` stated)."""
+    n, prefix = sd["pos_embed"].shape[1], num_prefix_tokens(sd)
+    return prefix > 0 and math.isqrt(n) ** 2 == n and math.isqrt(n - prefix) ** 2 != n - prefix
+
+
+def pos_embed_prefix(sd: StateDict, no_embed_class: bool | None = None) -> int:
+    """Prefix tokens with an entry in ``pos_embed`` (kept apart when resampling the grid): all of them,
+    or none in DeiT III's layout (``no_embed_class``; None: read it off the tensors)."""
+    if no_embed_class is None:
+        no_embed_class = _no_embed_class(sd)
+    return 0 if no_embed_class else num_prefix_tokens(sd)
 
 
 def checkpoint_grid(sd: StateDict, num_prefix_tokens: int) -> tuple[int, int] | None:
