@@ -162,7 +162,7 @@ def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, A
             raise VitkitError(f"{ckpt.source}: this model's patch embedding is not a conv; it cannot be resampled "
                               f"from patch size {native['patch_size']} to {kwargs['patch_size']}")
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
-    prefix = pos_embed_prefix(sd, native.get("no_embed_class"))  # kept apart from the grid when resampling
+    prefix = pos_embed_prefix(sd, kwargs.get("no_embed_class"))  # kept apart from the grid when resampling
     old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)
     if old_grid is None:  # not square and the file does not say: the requested size must match
         old_grid = new_grid

@@ -81,9 +81,10 @@ def num_prefix_tokens(sd: StateDict) -> int:
 
 
 def _no_embed_class(sd: StateDict) -> bool:
-    """Whether ``pos_embed`` leaves the prefix tokens out: its length is a square grid, and the grid plus
-    the prefix would not be (no two squares above 1 differ by 1 or 2, so square grids are never ambiguous;
-    a non-square grid without prefix entries needs ``no_embed_class`` stated)."""
+    """Whether ``pos_embed`` leaves the prefix tokens out: its length is a square grid and, less the prefix,
+    would not be. Square grids are never taken for anything else (no two squares above 1 differ by 1 or 2);
+    a non-square grid whose length with the prefix is square (2x4 + 1 = 3x3) needs ``no_embed_class=False``
+    passed, one without prefix entries ``no_embed_class=True``."""
     n, prefix = sd["pos_embed"].shape[1], num_prefix_tokens(sd)
     return prefix > 0 and math.isqrt(n) ** 2 == n and math.isqrt(n - prefix) ** 2 != n - prefix
 
