@@ -79,7 +79,7 @@ _SHAPING = ("embed_dim", "depth", "mlp_ratio", "patch_size", "in_chans", "class_
 
 
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
-    found = {**infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    found = {**infer_kwargs(ckpt.state_dict, ckpt.source, _stated_layout(ckpt, overrides)), **ckpt.kwargs}
     if name and name != ckpt.model_name:  # the caller's name (a file's own may carry its own kwargs)
         _check_name_fits(ckpt.source, name, base, found, overrides)
     native = {**base, **found}
@@ -97,6 +97,14 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
     return model
+
+
+def _stated_layout(ckpt: Checkpoint, overrides: dict[str, Any]) -> bool | None:
+    """``no_embed_class`` as the caller or the file states it; a file that states its model's keywords
+    (vitkit's, Hugging Face's) and leaves it out has ViT's layout. None: read it off the tensors."""
+    if "no_embed_class" in overrides:
+        return overrides["no_embed_class"]
+    return ckpt.kwargs.get("no_embed_class", False) if ckpt.kwargs else None
 
 
 def _check_name_fits(source: str, name: str, base: dict[str, Any], found: dict[str, Any],

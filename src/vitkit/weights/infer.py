@@ -23,8 +23,9 @@ _NAMED_ONLY = {"blocks_token_only.0.gamma_1": "CaiT (cait_*)", "blocks.0.attn.ga
 _REQUIRED = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
 
 
-def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
-    """VisionTransformer keyword arguments that the tensors determine (not ``num_heads``)."""
+def infer_kwargs(sd: StateDict, source: str, no_embed_class: bool | None = None) -> dict[str, Any]:
+    """VisionTransformer keyword arguments that the tensors determine (not ``num_heads``); ``no_embed_class``
+    as stated, or None to read it off ``pos_embed``'s length (see :func:`pos_embed_prefix`)."""
     family = next((f for key, f in _NAMED_ONLY.items() if key in sd), None)
     if family:
         raise VitkitError(f"{source}: these are a {family} model's weights, which vitkit loads under its "
@@ -38,7 +39,8 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         embed_dim=dim, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token, no_embed_class=_no_embed_class(sd),
+        qkv_bias="blocks.0.attn.qkv.bias" in sd, class_token=class_token,
+        no_embed_class=_no_embed_class(sd) if no_embed_class is None else no_embed_class,
         init_values=1e-5 if "blocks.0.ls1.gamma" in sd else None,  # any value: gamma is loaded over it
         num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
         representation_size=sd["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in sd else None,
@@ -46,7 +48,7 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     if "dist_token" in sd:  # DeiT; a classifier without head_dist is HF's DeiTForImageClassification
         kwargs["dist_head"] = "head_dist.weight" in sd or "head.weight" not in sd
     if proj.ndim == 4:  # SL-ViT's projection is linear over flattened shifted patches: its name says P and C
-        kwargs.update(_patch_geometry(sd, proj.shape))
+        kwargs.update(_patch_geometry(sd, proj.shape, kwargs["no_embed_class"]))
     if any(k.startswith("patch_embed.backbone.") for k in sd):
         # a hybrid's patches are cut from CNN features: the projection shows feature channels, not the
         # image's, and the CNN's stride hides the image size; the model name or the file must say them
@@ -55,11 +57,11 @@ def infer_kwargs(sd: StateDict, source: str) -> dict[str, Any]:
     return kwargs
 
 
-def _patch_geometry(sd: StateDict, proj_shape: tuple[int, ...]) -> dict[str, Any]:
+def _patch_geometry(sd: StateDict, proj_shape: tuple[int, ...], no_embed_class: bool) -> dict[str, Any]:
     """Channels and patch size from the patch-embedding conv; the image size from the position grid."""
     _, in_chans, ph, pw = proj_shape
     out: dict[str, Any] = dict(in_chans=in_chans, patch_size=ph if ph == pw else (ph, pw))
-    grid = checkpoint_grid(sd, pos_embed_prefix(sd))
+    grid = checkpoint_grid(sd, pos_embed_prefix(sd, no_embed_class))
     if grid is not None:
         out["img_size"] = grid[0] * ph if ph == pw else (grid[0] * ph, grid[1] * pw)
     return out
