@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import VitkitError
-from .tokens import attention_modules, input_grid, num_prefix_tokens, query_row, resolve_layers, resolve_token
+from .tokens import (attention_modules, full_attention, input_grid, num_prefix_tokens, query_row, resolve_layers,
+                     resolve_token)
 
 # Called with (layer index, attention probabilities [B, heads, N, N]).
 LayerCallback = Callable[[int, torch.Tensor], None]
@@ -25,10 +26,12 @@ HeadFusion = Literal["mean", "max", "min"]
 
 
 @contextmanager
-def record_attention(model: nn.Module, callback: LayerCallback,
-                     layers: int | Sequence[int] | None = None) -> Iterator[None]:
+def record_attention(model: nn.Module, callback: LayerCallback, layers: int | Sequence[int] | None = None,
+                     num_tokens: int | None = None) -> Iterator[None]:
     """Within the block, call ``callback(layer, attn)`` for each selected attention layer.
 
+    With ``num_tokens`` (prefix + patches) every layer's attention comes as [B, heads, N, N] over
+    that whole sequence (see :func:`~vitkit.explain.tokens.full_attention`); without, as the layer has it.
     Hooks are removed on exit, also when the block raises, so the model goes back to
     fused attention; a hook already set by someone else is restored rather than cleared.
     """
@@ -37,7 +40,9 @@ def record_attention(model: nn.Module, callback: LayerCallback,
     saved = [(mods[i], mods[i].attn_hook) for i in chosen]
 
     def make_hook(i: int):
-        return lambda _module, attn: callback(i, attn.detach())
+        if num_tokens is None:
+            return lambda _module, attn: callback(i, attn.detach())
+        return lambda _module, attn: callback(i, full_attention(attn.detach(), num_tokens))
 
     try:
         for i in chosen:
@@ -61,12 +66,15 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
 
 
 def forward_with_attention(model: nn.Module, x: torch.Tensor, callback: LayerCallback,
-                           layers: int | Sequence[int] | None = None) -> torch.Tensor:
+                           layers: int | Sequence[int] | None = None, full: bool = True) -> torch.Tensor:
     """One eval-mode, no-grad forward pass that feeds each layer's attention to ``callback``; returns logits.
+    ``full``: each layer's attention over the model's whole token sequence, [B, heads, N, N].
 
     It runs every token through every layer (``forward_features``), where ``model(x)`` may skip the
     last layer's patch tokens, whose attention rows a map or a rollout needs."""
-    with eval_no_grad(model), record_attention(model, callback, layers):
+    gh, gw = input_grid(model, x)
+    num_tokens = num_prefix_tokens(model) + gh * gw if full else None
+    with eval_no_grad(model), record_attention(model, callback, layers, num_tokens):
         return model.forward_head(model.forward_features(x))
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import VitkitError
 from .attention import forward_with_attention
-from .tokens import attention_modules, check_vit, input_grid, num_prefix_tokens, patch_size
+from .tokens import attention_modules, check_vit, input_grid, patch_size
 
 
 def patch_distances(grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
@@ -46,11 +46,11 @@ def attention_distance(attn: torch.Tensor, distances: torch.Tensor, prefix: int 
 class DistanceAccumulator:
     """Running sum of per-image mean distances, per layer and head, over any number of batches."""
 
-    def __init__(self, depth: int, heads: int, patch: tuple[int, int], prefix: int):
+    def __init__(self, depth: int, heads: int, patch: tuple[int, int]):
         self.sums = torch.zeros(depth, heads, dtype=torch.float64)
         self.uniform_sum = 0.0  # what uniform attention would give: the reference line in the figure
         self.images = 0
-        self.patch, self.prefix = patch, prefix
+        self.patch = patch
         self.distances: torch.Tensor | None = None
 
     def start_batch(self, grid: tuple[int, int], batch: int) -> None:
@@ -59,7 +59,12 @@ class DistanceAccumulator:
         self.images += batch
 
     def update(self, layer: int, attn: torch.Tensor) -> None:
-        self.sums[layer] += attention_distance(attn, self.distances, self.prefix).sum(dim=0).cpu()
+        """One layer's attention as the layer has it: over the prefix tokens that take part, then the patches."""
+        if attn.shape[-2] != attn.shape[-1]:
+            raise VitkitError(f"attention layer {layer} has no patch queries (CaiT's class attention attends from "
+                              "[class] alone, which has no position): mean attention distance needs them")
+        prefix = attn.shape[-1] - self.distances.shape[0]
+        self.sums[layer] += attention_distance(attn, self.distances, prefix).sum(dim=0).cpu()
 
     def mean(self) -> np.ndarray:
         if not self.images:
@@ -78,11 +83,11 @@ def fold_attention_distance(model: nn.Module, batches: torch.Tensor | Iterable[t
     if isinstance(batches, torch.Tensor):
         batches = [batches]
     mods = attention_modules(check_vit(model))
-    acc = DistanceAccumulator(len(mods), mods[0].num_heads, patch_size(model), num_prefix_tokens(model))
+    acc = DistanceAccumulator(len(mods), mods[0].num_heads, patch_size(model))
     for batch in batches:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         acc.start_batch(input_grid(model, x), x.shape[0])
-        forward_with_attention(model, x, acc.update)
+        forward_with_attention(model, x, acc.update, full=False)  # ConViT's GPSA layers have no [class]
     return acc
 
 

@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from ..errors import VitkitError
-from ..models.layers import Attention
+from ..models.layers import AttentionPoolLatent
 
 
-def attention_modules(model: nn.Module) -> list[Attention]:
-    """The model's attention layers in forward order (one per Transformer block)."""
-    mods = [m for m in model.modules() if isinstance(m, Attention)]
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's attention layers in forward order: every module that hands its probabilities to an
+    ``attn_hook`` (vitkit's ``Attention``, CaiT's class attention, ConViT's gated attention), less an
+    attention-pooling head, which rollout reads apart (see ``rollout_rows``)."""
+    mods = [m for m in model.modules() if hasattr(m, "attn_hook") and not isinstance(m, AttentionPoolLatent)]
     if not mods:
         raise VitkitError(f"{type(model).__name__} has no vitkit Attention layers to explain")
     return mods
@@ -31,6 +33,9 @@ def check_vit(model: nn.Module) -> nn.Module:
         hint = " (explain the model itself, not its prepare_for_inference copy)" if hasattr(model, "model") else ""
         raise VitkitError(f"explain reads a Vision Transformer's patches and attention; a {type(model).__name__} "
                           f"has none{hint}")
+    if not hasattr(model.patch_embed, "patch_size"):
+        raise VitkitError(f"explain reads one sequence of patch tokens; a {type(model).__name__} has one per "
+                          "patch size (CrossViT's branches), which its maps cannot share")
     return model
 
 
@@ -93,6 +98,22 @@ def resolve_token(model: nn.Module, token: int | None) -> int | None:
         valid = f"0 to {prefix - 1}" if prefix else "none: it has no prefix tokens, leave the token out"
         raise VitkitError(f"token {token} is not a prefix token of this model (valid: {valid})")
     return token
+
+
+def full_attention(attn: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """One layer's attention [B, heads, m, n] over the model's whole token sequence: [B, heads, N, N].
+
+    Tokens a layer does not update keep themselves (identity rows): with m < n only the first m
+    tokens attend (CaiT's class attention: [class] alone, over the fixed patches); with n < N the
+    first N - n tokens have not joined the sequence yet (ConViT's [class] during its GPSA blocks).
+    """
+    b, h, m, n = attn.shape
+    if m == n == num_tokens:
+        return attn
+    out = torch.eye(num_tokens, dtype=attn.dtype, device=attn.device).repeat(b, h, 1, 1)
+    start = num_tokens - n
+    out[:, :, start:start + m, start:] = attn
+    return out
 
 
 def query_row(mat: torch.Tensor, prefix: int, token: int | None) -> torch.Tensor:

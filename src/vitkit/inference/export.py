@@ -45,7 +45,7 @@ def _position_embeddings_as_constant(model: nn.Module, x: torch.Tensor) -> Itera
     from ..models import vit
 
     _, h, w, _ = model.patch_embed(x).shape
-    resampled = vit.resample_abs_pos_embed(model.pos_embed, (h, w), model.grid_size, model.num_prefix_tokens)
+    resampled = vit.resample_abs_pos_embed(model.pos_embed, (h, w), model.grid_size, model.pos_embed_prefix)
     with mock.patch.object(vit, "resample_abs_pos_embed", lambda *args, **kwargs: resampled):
         yield
 

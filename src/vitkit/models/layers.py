@@ -6,7 +6,7 @@ renaming.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,28 @@ def format_patches(x: torch.Tensor, fmt: PatchFormat) -> torch.Tensor:
     if fmt == "NLC":
         return x.flatten(1, 2)
     return x.permute(0, 3, 1, 2) if fmt == "NCHW" else x
+
+
+def patch_maps(tokens: torch.Tensor, grid: tuple[int, int], fmt: PatchFormat = "NCHW") -> torch.Tensor:
+    """Patch tokens [B, H*W, D] (row by row) as feature maps in the layout asked for (see ``format_patches``)."""
+    if fmt not in ("NLC", "NHWC", "NCHW"):
+        raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {fmt!r}")
+    return format_patches(tokens.reshape(tokens.shape[0], grid[0], grid[1], -1), fmt)
+
+
+def feature_take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> list[int]:
+    """The blocks whose outputs ``forward_intermediates`` returns, as timm picks them: None every block,
+    an int n the last n, a sequence those blocks (negative indices count from the end); in forward order."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"cannot take the last {indices} of {num_blocks} blocks")
+        return list(range(num_blocks - indices, num_blocks))
+    bad = [i for i in indices if not -num_blocks <= i < num_blocks]
+    if bad:
+        raise ValueError(f"block index {bad[0]} is out of range for {num_blocks} blocks")
+    return sorted({i % num_blocks for i in indices})
 
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -167,6 +189,28 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def new_head(dim: int, num_classes: int, zero_init: bool = False) -> nn.Module:
+    """A ``dim`` -> ``num_classes`` linear head (truncated normal, or zeros), Identity for 0 classes."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(dim, num_classes)
+    if zero_init:
+        nn.init.zeros_(head.weight)
+    else:
+        nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def init_linears(model: nn.Module) -> None:
+    """timm's ``_init_weights`` of CaiT, ConViT and CrossViT: linears truncated normal (std 0.02), zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class AttentionPoolLatent(nn.Module):

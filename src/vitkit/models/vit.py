@@ -7,12 +7,13 @@ layer -> linear head.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
-from .layers import Attention, AttentionPoolLatent, Block, PatchDropout, PatchEmbed
+from .layers import (Attention, AttentionPoolLatent, Block, PatchDropout, PatchEmbed, PatchFormat, feature_take_indices,
+                     patch_maps)
 from .pos_embed import resample_abs_pos_embed, sincos_2d_pos_embed
 from .spec import record_change
 
@@ -34,6 +35,8 @@ class VisionTransformer(nn.Module):
     ``patch_drop_rate`` trains on a random share of each image's patch tokens (``PatchDropout``).
     ``pos_embed="sincos"`` fixes the position embeddings to 2-D sin-cos ones (a buffer, still saved
     as ``pos_embed``; prefix tokens get zeros, as in MAE) instead of learning them.
+    ``no_embed_class`` (DeiT III) adds position embeddings to the patch tokens only, before the
+    prefix tokens join, so a grid resampled to any size leaves [class] untouched.
     ``weight_init="mimetic"`` starts attention from the products pretrained ViTs learn
     (``Attention.init_mimetic``); ``"skip"`` leaves parameters uninitialised for loading.
     """
@@ -43,7 +46,8 @@ class VisionTransformer(nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, global_pool: GlobalPool = "token", embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 init_values: float | None = None, class_token: bool = True, fc_norm: bool | None = None,
+                 init_values: float | None = None, class_token: bool = True, no_embed_class: bool = False,
+                 fc_norm: bool | None = None,
                  representation_size: int | None = None, dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
@@ -62,16 +66,19 @@ class VisionTransformer(nn.Module):
         self.num_features = self.embed_dim = embed_dim
         self.dynamic_img_size = dynamic_img_size
         self.num_prefix_tokens = int(class_token) + self.extra_tokens
+        self.no_embed_class = no_embed_class
+        # prefix tokens that have position embeddings: none in DeiT III's layout
+        self.pos_embed_prefix = 0 if no_embed_class else self.num_prefix_tokens
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
         self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                        embed_dim=embed_dim, strict_img_size=not dynamic_img_size, output_fmt="NHWC")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         if pos_embed == "learn":
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens,
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.pos_embed_prefix,
                                                       embed_dim))
         else:
-            prefix = torch.zeros(1, self.num_prefix_tokens, embed_dim)
+            prefix = torch.zeros(1, self.pos_embed_prefix, embed_dim)
             self.register_buffer("pos_embed", torch.cat([prefix, sincos_2d_pos_embed(self.grid_size, embed_dim)], 1))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.patch_drop: nn.Module = nn.Identity()
@@ -168,9 +175,11 @@ class VisionTransformer(nn.Module):
         b, h, w, d = x.shape
         pos_embed = self.pos_embed
         if (h, w) != self.grid_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, (h, w), self.grid_size, self.num_prefix_tokens)
-        x = torch.cat(self.prefix_tokens(b) + [x.reshape(b, h * w, d)], dim=1)
-        return self.pos_drop(x + pos_embed)
+            pos_embed = resample_abs_pos_embed(pos_embed, (h, w), self.grid_size, self.pos_embed_prefix)
+        x = x.reshape(b, h * w, d)
+        if self.no_embed_class:
+            return self.pos_drop(torch.cat(self.prefix_tokens(b) + [x + pos_embed], dim=1))
+        return self.pos_drop(torch.cat(self.prefix_tokens(b) + [x], dim=1) + pos_embed)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> the encoder's input tokens [B, prefix + patches, D]."""
@@ -179,6 +188,25 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> normalised tokens [B, prefix + patches, D]."""
         return self.norm(self.blocks(self.embed(x)))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              output_fmt: PatchFormat = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Feature maps from several depths, for dense heads (segmentation, detection), as timm's contract:
+        the outputs of the blocks ``indices`` picks (see ``feature_take_indices``), prefix tokens dropped,
+        through the final norm if ``norm``, as [B, D, H/P, W/P] (``"NLC"``: [B, H/P·W/P, D]); then
+        ``forward_features``' tokens unless ``intermediates_only``. Patch dropout is off: a map needs every patch."""
+        take = feature_take_indices(len(self.blocks), indices)
+        x = self.patch_embed(x)
+        grid = x.shape[1:3]
+        x = self._pos_embed(x)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                maps.append(patch_maps(y[:, self.num_prefix_tokens:], grid, output_fmt))
+        return maps if intermediates_only else (self.norm(x), maps)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.attn_pool is not None:

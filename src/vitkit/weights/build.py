@@ -6,8 +6,9 @@ tell, such as the head count), what the tensors show, what the file states
 geometry resample the embeddings; a different ``num_classes`` drops the stored head
 and keeps the fresh one (fine-tuning on new classes), as timm does.
 
-A model that is not a ViT (a ResNet teacher) has no architecture to infer: its vitkit
-checkpoint states the registry name and keyword arguments, which rebuild it exactly.
+A model that is not a ViT (a ResNet teacher, CaiT, ConViT, CrossViT) has no architecture to
+infer: its vitkit checkpoint states the registry name and keyword arguments, which rebuild it
+exactly, and a timm state dict of it loads under its registered name.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..models import (DistilledVisionTransformer, VisionTransformer, create_mode
 from ..models.layers import to_2tuple
 from .checkpoint import Checkpoint
 from .files import StateDict
-from .infer import default_num_heads, infer_kwargs, num_prefix_tokens
+from .infer import default_num_heads, infer_kwargs, pos_embed_prefix
 from .resample import resample_patch_embed
 from .timm import is_timm
 
@@ -39,7 +40,7 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
         base = dict(get_model_spec(name).kwargs) if name else {}
     except ValueError as e:
         raise VitkitError(f"{ckpt.source}: {e}") from e
-    build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
+    build = _build_vit if not name or (is_timm(ckpt.state_dict) and _builds_vit(name)) else _build_registered
     model = build(ckpt, name, base, overrides)
     model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **_meta_after(ckpt.meta, model, overrides)}
     return model
@@ -58,7 +59,8 @@ def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any
 def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     """A registered model that is not a ViT: the name and the file's keyword arguments say it all."""
     model = _construct(name, {**base, **ckpt.kwargs, **overrides}, ckpt.source)
-    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "fc.weight") if k in ckpt.state_dict), 0)
+    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "head.0.weight", "fc.weight")  # CrossViT: head.0
+                   if k in ckpt.state_dict), 0)
     wanted = getattr(model, "num_classes", stored)
     sd = _without_head(ckpt.state_dict, stored, wanted)
     load_strict(model, sd, ckpt.source, optional=HEADS if wanted != stored else ())
@@ -78,7 +80,8 @@ _SHAPING = ("embed_dim", "depth", "mlp_ratio", "patch_size", "in_chans", "class_
 
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     # a file that states its build spec (vitkit's) is rebuilt from it alone; others are read off the tensors
-    found = dict(ckpt.kwargs) if ckpt.model_name else {**infer_kwargs(ckpt.state_dict, ckpt.source), **ckpt.kwargs}
+    found = dict(ckpt.kwargs) if ckpt.model_name else {
+        **infer_kwargs(ckpt.state_dict, ckpt.source, _stated_layout(ckpt, overrides)), **ckpt.kwargs}
     if name and name != ckpt.model_name:  # the caller's name (a file's own may carry its own kwargs)
         _check_name_fits(ckpt.source, name, base, found, overrides)
     native = {**base, **found}
@@ -96,6 +99,14 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
     sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
     return model
+
+
+def _stated_layout(ckpt: Checkpoint, overrides: dict[str, Any]) -> bool | None:
+    """``no_embed_class`` as the caller or the file states it; a file that states its model's keywords
+    (vitkit's, Hugging Face's) and leaves it out has ViT's layout. None: read it off the tensors."""
+    if "no_embed_class" in overrides:
+        return overrides["no_embed_class"]
+    return ckpt.kwargs.get("no_embed_class", False) if ckpt.kwargs else None
 
 
 def _check_name_fits(source: str, name: str, base: dict[str, Any], found: dict[str, Any],
@@ -124,6 +135,14 @@ def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Modu
         raise VitkitError(f"{source}: cannot build the model ({e})") from e
 
 
+def _builds_vit(name: str) -> bool:
+    """Whether a registered name builds a VisionTransformer (a class, a partial of one, or a function such as
+    the hybrid's, which returns one), whose architecture the tensors can tell."""
+    builder = get_model_spec(name).builder
+    builder = getattr(builder, "func", builder)
+    return not isinstance(builder, type) or issubclass(builder, VisionTransformer)
+
+
 def _builds_distilled(name: str) -> bool:
     builder = get_model_spec(name).builder
     builder = getattr(builder, "func", builder)  # a functools.partial of a class (SL-ViT's)
@@ -150,7 +169,7 @@ def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, A
             raise VitkitError(f"{ckpt.source}: this model's patch embedding is not a conv; it cannot be resampled "
                               f"from patch size {native['patch_size']} to {kwargs['patch_size']}")
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
-    prefix = num_prefix_tokens(sd)  # kept apart from the grid when resampling
+    prefix = pos_embed_prefix(sd, kwargs.get("no_embed_class"))  # kept apart from the grid when resampling
     old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)
     if old_grid is None:  # not square and the file does not say: the requested size must match
         old_grid = new_grid

@@ -15,7 +15,8 @@ from .files import StateDict
 
 
 def is_timm(sd: StateDict) -> bool:
-    return "patch_embed.proj.weight" in sd
+    """A timm patch embedding: one, or one per branch (CrossViT's ``patch_embed.0``)."""
+    return "patch_embed.proj.weight" in sd or "patch_embed.0.proj.weight" in sd
 
 
 def names_its_model(metadata: dict[str, str] | None) -> bool:
