@@ -176,13 +176,17 @@ class SwinTransformerBlock(nn.Module):
         shifted = any(self.shift_size)
         if shifted:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        x = F.pad(x, (0, 0, 0, -w % self.window_size[1], 0, -h % self.window_size[0]))  # whole windows
+        pad_h, pad_w = -h % self.window_size[0], -w % self.window_size[1]
+        if pad_h or pad_w:  # whole windows
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = x.shape[1:3]
         mask = self.attn_mask
         if self.dynamic_mask and shifted:
             mask = shifted_window_mask((hp, wp), self.window_size, self.shift_size).to(x.device)
         x = self.attn(window_partition(x, self.window_size), mask)
-        x = window_reverse(x, self.window_size, hp, wp)[:, :h, :w]
+        x = window_reverse(x, self.window_size, hp, wp)
+        if pad_h or pad_w:
+            x = x[:, :h, :w]
         return torch.roll(x, shifts=self.shift_size, dims=(1, 2)) if shifted else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

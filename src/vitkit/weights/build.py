@@ -6,8 +6,10 @@ tell, such as the head count), what the tensors show, what the file states
 geometry resample the embeddings; a different ``num_classes`` drops the stored head
 and keeps the fresh one (fine-tuning on new classes), as timm does.
 
-A model that is not a ViT (a ResNet teacher) has no architecture to infer: its vitkit
-checkpoint states the registry name and keyword arguments, which rebuild it exactly.
+A model that is not a ViT (a ResNet teacher, Swin, PVT v2, PiT) has no architecture to infer: its
+vitkit checkpoint states the registry name and keyword arguments, which rebuild it exactly, and a
+timm file of one loads under its registered name (``adapt_state_dict``, where the model has one,
+fits tensors made at another size, as timm's ``checkpoint_filter_fn`` does).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def build_model(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> 
         base = dict(get_model_spec(name).kwargs) if name else {}
     except ValueError as e:
         raise VitkitError(f"{ckpt.source}: {e}") from None
-    build = _build_vit if not name or is_timm(ckpt.state_dict) else _build_registered
+    build = _build_vit if not name or (is_timm(ckpt.state_dict) and _builds_vit(name)) else _build_registered
     model = build(ckpt, name, base, overrides)
     model.checkpoint_meta = {"source": ckpt.source, "format": ckpt.format, **_meta_after(ckpt.meta, model, overrides)}
     return model
@@ -58,9 +60,12 @@ def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any
 def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     """A registered model that is not a ViT: the name and the file's keyword arguments say it all."""
     model = _construct(name, {**base, **ckpt.kwargs, **overrides}, ckpt.source)
-    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "fc.weight") if k in ckpt.state_dict), 0)
+    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "head.fc.weight", "fc.weight")
+                   if k in ckpt.state_dict), 0)
     wanted = getattr(model, "num_classes", stored)
     sd = _without_head(ckpt.state_dict, stored, wanted)
+    if hasattr(model, "adapt_state_dict"):  # timm's checkpoint_filter_fn: e.g. tables for another window size
+        sd = model.adapt_state_dict(sd)
     load_strict(model, sd, ckpt.source, optional=HEADS if wanted != stored else ())
     return model
 
@@ -124,6 +129,14 @@ def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Modu
         raise VitkitError(f"{source}: cannot build the model ({e})") from None
     model.model_name, model.model_kwargs = None, kwargs
     return model
+
+
+def _builds_vit(name: str) -> bool:
+    """Whether the name builds a ViT whose architecture the tensors tell (a builder function, as the
+    hybrid's, counts as one); another model class (ResNet, Swin, PVT v2) is rebuilt from the name."""
+    builder = get_model_spec(name).builder
+    builder = getattr(builder, "func", builder)  # a functools.partial of a class (SL-ViT's)
+    return not isinstance(builder, type) or issubclass(builder, VisionTransformer)
 
 
 def _builds_distilled(name: str) -> bool:

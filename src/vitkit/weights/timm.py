@@ -15,7 +15,8 @@ from .files import StateDict
 
 
 def is_timm(sd: StateDict) -> bool:
-    return "patch_embed.proj.weight" in sd
+    """timm names every ViT family's patch stem ``patch_embed.*`` (``proj``, PiT's ``conv``)."""
+    return any(k.startswith("patch_embed.") for k in sd)
 
 
 def names_its_model(metadata: dict[str, str] | None) -> bool:
