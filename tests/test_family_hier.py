@@ -1,6 +1,7 @@
 """The hierarchical ViTs (Swin, PVT v2, PiT) against timm's own outputs and parameter counts."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -191,3 +192,26 @@ def test_bf16_inference_stays_close_to_fp32(name):
     got = prepare_for_inference(model, precision="bf16")(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=0.05 * float(ref.abs().max()) + 0.02, rtol=0.05)
+
+
+def test_window_attention_distance_in_pixels():
+    """Uniform attention (q = k = 0, no bias) over a whole 7x7 window is the mean pairwise distance of its
+    token centres: 2 px apart in stage 0 (patch 2), 4 px in stage 1; a shifted block's mask keeps it below."""
+    from vitkit.explain import patch_distances, window_attention_distance
+    model = vitkit.create_model("swin_mini_patch2_window7_28").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn.qkv.weight", "attn.qkv.bias", "relative_position_bias_table")):
+                p.zero_()
+    got = window_attention_distance(model, [torch.randn(2, 1, 28, 28)])
+    assert [d.shape for d in got] == [(2,)] * 2 + [(4,)] * 4
+    for block, px in ((0, 2), (2, 4), (5, 4)):
+        np.testing.assert_allclose(got[block], float(patch_distances((7, 7), (px, px)).mean()), rtol=1e-6)
+    assert (got[1] < float(patch_distances((7, 7), (2, 2)).mean())).all()  # shifted: smaller regions
+
+
+def test_explain_refuses_a_model_without_windows():
+    from vitkit.errors import VitkitError
+    from vitkit.explain import window_attention_distance
+    with pytest.raises(VitkitError, match="Swin"):
+        window_attention_distance(vitkit.create_model("pit_mini_28"), [torch.randn(1, 1, 28, 28)])
