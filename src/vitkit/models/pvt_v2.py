@@ -176,7 +176,8 @@ class PyramidVisionTransformerV2(nn.Module):
     def __init__(self, img_size: int | Size | None = None, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", depths: Sequence[int] = (3, 4, 6, 3),
                  embed_dims: Sequence[int] = (64, 128, 256, 512), num_heads: int | Sequence[int] = (1, 2, 4, 8),
-                 sr_ratios: int | Sequence[int] = (8, 4, 2, 1), mlp_ratios: float | Sequence[float] = (8.0, 8.0, 4.0, 4.0),
+                 sr_ratios: int | Sequence[int] = (8, 4, 2, 1),
+                 mlp_ratios: float | Sequence[float] = (8.0, 8.0, 4.0, 4.0),
                  qkv_bias: bool = True, linear: bool = False, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
                  weight_init: str = ""):
@@ -287,5 +288,5 @@ for _name, (_depths, _dims, _extra) in _VARIANTS.items():
                    img_size=224, depths=_depths, embed_dims=_dims, num_heads=(1, 2, 5, 8), **_extra)
 register_model("pvt_v2_mini_28", PyramidVisionTransformerV2,
                "PVT v2 for 28x28 grayscale: stride-4 overlapping stem (7x7 tokens), 3 stages D48/96/192",
-               img_size=28, in_chans=1, num_classes=10, depths=(2, 2, 2), embed_dims=(48, 96, 192), num_heads=(1, 2, 4),
-               sr_ratios=(2, 1, 1), mlp_ratios=(4.0, 4.0, 4.0))
+               img_size=28, in_chans=1, num_classes=10, depths=(2, 2, 2), embed_dims=(48, 96, 192),
+               num_heads=(1, 2, 4), sr_ratios=(2, 1, 1), mlp_ratios=(4.0, 4.0, 4.0))
