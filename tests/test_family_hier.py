@@ -65,6 +65,7 @@ def test_small_variants_are_small_and_keep_their_spec_through_a_checkpoint(name,
         torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
 
 
+@pytest.mark.slow  # five training steps each; 20-30 s on the shared 2-core box under load
 @pytest.mark.parametrize("name", MINIS)
 def test_small_variant_learns_a_batch(name):
     model = vitkit.create_model(name, drop_path_rate=0.0).train()
