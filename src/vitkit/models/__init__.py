@@ -3,6 +3,7 @@
 Each variant module registers its own names on import (as timm's model files do).
 """
 from . import cait, convit, crossvit, deit, deit3, hybrid, resnet, sl_vit  # noqa: F401  (registers their models)
+from . import pit, pvt_v2, swin  # noqa: F401  (the hierarchical ViTs)
 from .deit import DistilledVisionTransformer
 from .hybrid import HybridEmbed, hybrid_vit
 from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed

@@ -57,7 +57,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
                  in_chans: int = 3, embed_dim: int = 768, bias: bool = True, strict_img_size: bool = True,
-                 flatten: bool = True, output_fmt: PatchFormat | None = None):
+                 flatten: bool = True, output_fmt: PatchFormat | None = None,
+                 norm_layer: Callable[[int], nn.Module] | None = None):
         super().__init__()
         self.output_fmt: PatchFormat = output_fmt or ("NLC" if flatten else "NCHW")
         if self.output_fmt not in ("NLC", "NHWC", "NCHW"):
@@ -71,12 +72,13 @@ class PatchEmbed(nn.Module):
         if strict_img_size and (self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]):
             raise ValueError(f"image size {img_size} is not divisible by the patch size {patch_size}")
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()  # timm's; Swin normalises its patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, N, D] as timm's; ``output_fmt="NHWC"`` keeps the grid (ViT asks for it to
         match position embeddings to any input size), ``"NCHW"`` gives the conv's own layout."""
         self.check_input(x)
-        return format_patches(self.proj(x).permute(0, 2, 3, 1), self.output_fmt)
+        return format_patches(self.norm(self.proj(x).permute(0, 2, 3, 1)), self.output_fmt)
 
     def check_input(self, x: torch.Tensor) -> None:
         _, c, h, w = x.shape

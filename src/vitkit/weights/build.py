@@ -6,9 +6,10 @@ tell, such as the head count), what the tensors show, what the file states
 geometry resample the embeddings; a different ``num_classes`` drops the stored head
 and keeps the fresh one (fine-tuning on new classes), as timm does.
 
-A model that is not a ViT (a ResNet teacher, CaiT, ConViT, CrossViT) has no architecture to
-infer: its vitkit checkpoint states the registry name and keyword arguments, which rebuild it
-exactly, and a timm state dict of it loads under its registered name.
+A model that is not a ViT (a ResNet teacher, CaiT, ConViT, CrossViT, Swin, PVT v2, PiT) has no
+architecture to infer: its vitkit checkpoint states the registry name and keyword arguments, which
+rebuild it exactly, and a timm file of one loads under its registered name (``adapt_state_dict``,
+where the model has one, fits tensors made at another size, as timm's ``checkpoint_filter_fn`` does).
 """
 from __future__ import annotations
 
@@ -59,10 +60,13 @@ def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any
 def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     """A registered model that is not a ViT: the name and the file's keyword arguments say it all."""
     model = _construct(name, {**base, **ckpt.kwargs, **overrides}, ckpt.source)
-    stored = next((ckpt.state_dict[k].shape[0] for k in ("head.weight", "head.0.weight", "fc.weight")  # CrossViT: head.0
+    stored = next((ckpt.state_dict[k].shape[0]  # Swin: head.fc, CrossViT: head.0 (one head per branch)
+                   for k in ("head.weight", "head.fc.weight", "head.0.weight", "fc.weight")
                    if k in ckpt.state_dict), 0)
     wanted = getattr(model, "num_classes", stored)
     sd = _without_head(ckpt.state_dict, stored, wanted)
+    if hasattr(model, "adapt_state_dict"):  # timm's checkpoint_filter_fn: e.g. tables for another window size
+        sd = model.adapt_state_dict(sd)
     load_strict(model, sd, ckpt.source, optional=HEADS if wanted != stored else ())
     return model
 

@@ -15,8 +15,9 @@ from .files import StateDict
 
 
 def is_timm(sd: StateDict) -> bool:
-    """A timm patch embedding: one, or one per branch (CrossViT's ``patch_embed.0``)."""
-    return "patch_embed.proj.weight" in sd or "patch_embed.0.proj.weight" in sd
+    """timm names every ViT family's patch stem ``patch_embed.*`` (``proj``, PiT's ``conv``, CrossViT's
+    ``patch_embed.0`` per branch)."""
+    return any(k.startswith("patch_embed.") for k in sd)
 
 
 def names_its_model(metadata: dict[str, str] | None) -> bool:
