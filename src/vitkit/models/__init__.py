@@ -2,7 +2,7 @@
 
 Each variant module registers its own names on import (as timm's model files do).
 """
-from . import deit, hybrid, resnet, sl_vit  # noqa: F401  (registers their models)
+from . import cvt, deit, hybrid, levit, resnet, sl_vit, tnt  # noqa: F401  (registers their models)
 from .deit import DistilledVisionTransformer
 from .hybrid import HybridEmbed, hybrid_vit
 from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
