@@ -98,6 +98,13 @@ def test_reset_classifier_is_recorded_and_rebuilds(name, tmp_path):
         assert torch.equal(model(torch.randn(2, 1, 28, 28)), torch.zeros(2, 4))
     rebuilt = vitkit.create_model(model.build_spec.name, **model.build_spec.kwargs)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        model.head.linear.weight.uniform_() if name.startswith("levit") else model.head.weight.uniform_()
+    save_vitkit(model, tmp_path / "ckpt")  # a fine-tuned model's checkpoint keeps its new head
+    back = load_model(tmp_path / "ckpt").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", MINI)

@@ -70,6 +70,9 @@ def test_distilled_by_default_averages_two_heads(oracle):
     model.train().set_distilled_training(True)
     cls, dist = model(x)
     assert cls.shape == dist.shape == (2, config["num_classes"])
+    model.eval().reset_classifier(3, zero_init=True)
+    assert model.head_dist.linear.out_features == 3 and not model.head_dist.training
+    assert model.build_spec.kwargs["num_classes"] == 3 and torch.equal(model(x), torch.zeros(2, 3))
 
 
 def test_fused_batchnorm_gives_the_same_logits(oracle, loaded):

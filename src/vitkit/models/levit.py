@@ -320,7 +320,7 @@ class Levit(nn.Module):
         if global_pool is not None:
             _check_pool(global_pool)
         self.num_classes = num_classes
-        self.head = self.new_head(zero_init)
+        self.head = self.new_head(zero_init).train(self.training)  # its BatchNorm in the model's mode
         record_change(self, num_classes=num_classes, global_pool=self.global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,7 +381,7 @@ class LevitDistilled(Levit):
     def reset_classifier(self, num_classes: int, global_pool: Literal["avg"] | None = None,
                          zero_init: bool = False) -> None:
         super().reset_classifier(num_classes, global_pool, zero_init)
-        self.head_dist = self.new_dist_head(zero_init)
+        self.head_dist = self.new_dist_head(zero_init).train(self.training)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         x = x.mean(dim=1)

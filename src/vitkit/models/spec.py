@@ -59,3 +59,5 @@ def record_change(model: nn.Module, **changes: Any) -> None:
     spec = getattr(model, "build_spec", None)
     if spec is not None:
         model.build_spec = spec.replace(**changes)
+    if getattr(model, "model_kwargs", None) is not None:  # the old name, until every reader uses build_spec
+        model.model_kwargs = {**model.model_kwargs, **changes}
