@@ -46,7 +46,7 @@ def test_small_variants_fit_28px_grayscale(name):
     assert set(model.no_weight_decay()) <= {n for n, _ in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", MINI)
+@pytest.mark.parametrize("name", [pytest.param(MINI[0], marks=pytest.mark.slow), *MINI[1:]])  # TNT: ~3 s of CPU
 def test_small_variants_train(name):
     model = vitkit.create_model(name, drop_path_rate=0.1).train()
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
