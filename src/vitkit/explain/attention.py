@@ -72,8 +72,10 @@ def forward_with_attention(model: nn.Module, x: torch.Tensor, callback: LayerCal
 
     It runs every token through every layer (``forward_features``), where ``model(x)`` may skip the
     last layer's patch tokens, whose attention rows a map or a rollout needs."""
-    gh, gw = input_grid(model, x)
-    num_tokens = num_prefix_tokens(model) + gh * gw if full else None
+    num_tokens = None
+    if full:
+        gh, gw = input_grid(model, x)
+        num_tokens = num_prefix_tokens(model) + gh * gw
     with eval_no_grad(model), record_attention(model, callback, layers, num_tokens):
         return model.forward_head(model.forward_features(x))
 

@@ -49,7 +49,7 @@ def window_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor])
         windows[i] += attn.shape[0]
 
     for batch in batches:
-        forward_with_attention(model, batch[0] if isinstance(batch, (tuple, list)) else batch, fold)
+        forward_with_attention(model, batch[0] if isinstance(batch, (tuple, list)) else batch, fold, full=False)
     if not windows[0]:
         raise VitkitError("no images to measure the attention distance on (the image source is empty)")
     return [(s / n).numpy() for s, n in zip(sums, windows)]

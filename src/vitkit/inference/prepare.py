@@ -20,6 +20,7 @@ from torch import nn
 
 from ..allocator import freed_memory_kept
 from ..errors import VitkitError
+from ..models.fuse import fuse_batchnorm, has_fusable
 from ..models.layers import Attention, Mlp
 from ..machine import cpu_has_bf16
 
@@ -181,6 +182,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     quantization of the Linear layers); ``auto`` (bf16 where the CPU has bf16 units, else
     fp32). fp32 and bf16 Linear weights are pre-packed for oneDNN (see ``pack_linears``);
     bf16 and int8 (on CPUs with bf16 units) compute attention as bf16 matmuls (``attend_in_bf16``).
+    BatchNorms that a layer can absorb (LeViT's, CvT's projections) are folded into it first
+    (``vitkit.models.fuse``), in fp32.
     ``compile=True`` instead hands the model to ``torch.compile`` with weight freezing
     (inductor packs and fuses itself); if compilation fails, a warning is given once and
     the eager model runs. ``threads`` sets ``torch.set_num_threads`` (process-wide). The
@@ -197,12 +200,12 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     model = model.eval()
     slices = slice_size(model, precision)
     if precision == "int8":
-        model = quantize_int8(model)
+        model = quantize_int8(fuse_batchnorm(copy.deepcopy(model)) if has_fusable(model) else model)
         if cpu_has_bf16():
             model = attend_in_bf16(model)
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model = copy.deepcopy(model).to(dtype)
+        model = fuse_batchnorm(copy.deepcopy(model)).to(dtype)
         if not compile and _packing_works(dtype):
             model = pack_linears(model)
         if precision == "bf16":

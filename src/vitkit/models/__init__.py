@@ -2,8 +2,8 @@
 
 Each variant module registers its own names on import (as timm's model files do).
 """
-from . import cait, convit, crossvit, deit, deit3, hybrid, resnet, sl_vit  # noqa: F401  (registers their models)
-from . import pit, pvt_v2, swin  # noqa: F401  (the hierarchical ViTs)
+from . import cait, convit, crossvit, deit, deit3, hybrid, resnet, sl_vit, tnt  # noqa: F401  (register their models)
+from . import cvt, levit, pit, pvt_v2, swin  # noqa: F401  (the hierarchical and convolutional ViTs)
 from .deit import DistilledVisionTransformer
 from .hybrid import HybridEmbed, hybrid_vit
 from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed

@@ -60,8 +60,8 @@ def _meta_after(meta: dict[str, Any], model: nn.Module, overrides: dict[str, Any
 def _build_registered(ckpt: Checkpoint, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     """A registered model that is not a ViT: the name and the file's keyword arguments say it all."""
     model = _construct(name, {**base, **ckpt.kwargs, **overrides}, ckpt.source)
-    stored = next((ckpt.state_dict[k].shape[0]  # Swin: head.fc, CrossViT: head.0 (one head per branch)
-                   for k in ("head.weight", "head.fc.weight", "head.0.weight", "fc.weight")
+    stored = next((ckpt.state_dict[k].shape[0]  # Swin: head.fc, CrossViT: head.0 (one per branch), LeViT: head.linear
+                   for k in ("head.weight", "head.fc.weight", "head.0.weight", "head.linear.weight", "fc.weight")
                    if k in ckpt.state_dict), 0)
     wanted = getattr(model, "num_classes", stored)
     sd = _without_head(ckpt.state_dict, stored, wanted)

@@ -1,10 +1,11 @@
 """Rename tensors between a foreign layout and timm's, from one table per layout.
 
-A table lists (foreign module, timm module) pairs; ``{i}`` stands for a block index and
-whatever follows the module name (``.weight``, ``.bias``) is carried over. The same
-table serves both directions, so an exporter cannot drift from its importer. Foreign
-layouts keep query/key/value apart; timm fuses them into ``attn.qkv``, so conversions
-go through ``attn.q`` / ``attn.k`` / ``attn.v`` and :func:`fuse_qkv` / :func:`split_qkv`.
+A table lists (foreign module, timm module) pairs; ``{i}`` stands for a block index (``{j}``
+for a second one: a block within a stage) and whatever follows the module name (``.weight``,
+``.bias``) is carried over. The same table serves both directions, so an exporter cannot
+drift from its importer. Foreign layouts keep query/key/value apart; timm fuses them into
+``attn.qkv``, so conversions go through ``attn.q`` / ``attn.k`` / ``attn.v`` and
+:func:`fuse_qkv` / :func:`split_qkv`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ _QKV = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])\.(weight|bias)$")
 
 
 def _compile(pattern: str) -> re.Pattern:
-    return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + r"(?P<rest>(\..+)?)$")
+    indices = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)")
+    return re.compile("^" + indices + r"(?P<rest>(\..+)?)$")
 
 
 def rename(sd: StateDict, table: Table, reverse: bool = False) -> tuple[StateDict, list[str]]:
@@ -31,7 +33,9 @@ def rename(sd: StateDict, table: Table, reverse: bool = False) -> tuple[StateDic
         for regex, target in rows:
             m = regex.match(key)
             if m:
-                out[target.replace("{i}", m.groupdict().get("i") or "") + m.group("rest")] = value
+                found = m.groupdict()
+                out[target.replace("{i}", found.get("i") or "").replace("{j}", found.get("j") or "")
+                    + m.group("rest")] = value
                 break
         else:
             unmatched.append(key)

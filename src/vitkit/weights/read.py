@@ -11,14 +11,17 @@ from typing import Any
 from torch import nn
 
 from ..errors import VitkitError
-from . import hf, native, npz, timm
+from . import hf, hf_cvt, native, npz, timm
 from .build import build_model
 from .checkpoint import Checkpoint
 from .files import read_json, read_tensors, safetensors_metadata
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a file or folder in any supported layout into timm-named tensors (no model built)."""
+def read_checkpoint(path: str | Path, name: str | None = None) -> Checkpoint:
+    """Read a file or folder in any supported layout into timm-named tensors (no model built).
+
+    ``name`` (a registered model) vouches for a file whose tensors show no ViT: it is read as that
+    model's state dict in timm's layout (TNT, LeViT)."""
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
@@ -28,10 +31,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if hf.is_hf(tensors):
         config = path.parent / "config.json"
         return hf.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
+    if hf_cvt.is_hf_cvt(tensors):
+        config = path.parent / "config.json"
+        return hf_cvt.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
     metadata = safetensors_metadata(path)
-    if timm.is_timm(tensors) or timm.names_its_model(metadata):  # a CNN or hybrid file vitkit wrote names itself
+    if timm.is_timm(tensors) or timm.names_its_model(metadata) or name:  # a CNN or hybrid file vitkit wrote names itself
         return timm.from_state_dict(tensors, str(path), metadata)
-    raise VitkitError(f"{path}: no ViT weights recognised (first tensor: {next(iter(tensors))})")
+    raise VitkitError(f"{path}: no ViT weights recognised (first tensor: {next(iter(tensors))}); weights of "
+                      "another registered model load with its name")
 
 
 def _read_folder(folder: Path) -> Checkpoint:
@@ -40,6 +47,8 @@ def _read_folder(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json")
     if native.is_native(config):
         return native.read_folder(folder)
+    if config.get("model_type") == "cvt":
+        return hf_cvt.read_folder(folder)
     if "model_type" in config:
         return hf.read_folder(folder)
     raise VitkitError(f"{folder}/config.json: neither a vitkit checkpoint (format: vitkit) nor a Hugging Face "
@@ -60,4 +69,4 @@ def load_model(path: str | Path, name: str | None = None, **overrides: Any) -> n
     checkpoint of a model that is not a ViT (a ResNet) is rebuilt from the name and
     keyword arguments it states.
     """
-    return build_model(read_checkpoint(path), name, **overrides)
+    return build_model(read_checkpoint(path, name), name, **overrides)
