@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_resized, normalize
+from ..data import EvalResize, load_resized, normalize
 from ..data.folder import files_under
 from ..errors import VitkitError
 
@@ -94,13 +94,14 @@ def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, A
     ``classifier`` maps float32 images to logits: a model from ``prepare_for_inference``
     (any precision) or an ``OnnxClassifier``.
     """
+    resize = EvalResize.from_config(config)  # the crop pretrained weights were evaluated with
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         tensors: dict[int, torch.Tensor] = {}
         results = [Prediction(str(p)) for p in chunk]
         for i, path in enumerate(chunk):
             try:
-                tensors[i] = load_resized(path, config["img_size"], config["in_chans"])
+                tensors[i] = load_resized(path, config["img_size"], config["in_chans"], resize)
             except VitkitError as e:
                 results[i].error = str(e)
         if tensors:

@@ -2,10 +2,11 @@
 
 Each variant module registers its own names on import (as timm's model files do).
 """
-from . import deit, hybrid, resnet, sl_vit  # noqa: F401  (registers their models)
+from . import deit, hybrid, pretrained, resnet, sl_vit  # noqa: F401  (registers their models and weights)
 from .deit import DistilledVisionTransformer
 from .hybrid import HybridEmbed, hybrid_vit
 from .layers import Attention, Block, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
+from .pretrained import PretrainedCfg, get_pretrained_cfg, list_pretrained, register_pretrained
 from .pos_embed import resample_abs_pos_embed
 from .registry import (ModelSpec, count_params, create_model, get_model_spec, list_models, model_param_count,
                        register_model)
@@ -16,5 +17,5 @@ from .vit import VisionTransformer
 __all__ = ["Attention", "Block", "DistilledVisionTransformer", "DropPath", "HybridEmbed", "LayerScale",
            "LocalitySelfAttention", "Mlp", "PatchDropout", "PatchEmbed", "ResNet", "ShiftedPatchEmbed",
            "VisionTransformer",
-           "ModelSpec", "count_params", "create_model", "get_model_spec", "hybrid_vit", "list_models",
-           "model_param_count", "register_model", "resample_abs_pos_embed", "sl_vit"]
+           "ModelSpec", "PretrainedCfg", "count_params", "create_model", "get_model_spec", "get_pretrained_cfg", "hybrid_vit", "list_models", "list_pretrained",
+           "model_param_count", "register_model", "register_pretrained", "resample_abs_pos_embed", "sl_vit"]

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .pretrained import get_pretrained_cfg
 from .spec import BuildSpec
 from .vit import VisionTransformer
 
@@ -54,19 +55,30 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r} (see `vitkit models`){hint}") from None
 
 
-def create_model(name: str | None = None, checkpoint: str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str | None = None, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
+                 **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace the named configuration's keyword arguments.
 
     With ``checkpoint`` (a file or folder in any layout ``vitkit.weights`` reads) the
     architecture comes from the weights, which are loaded; ``name`` then only fills in
-    what the weights cannot tell. The resulting model remembers ``model_name`` and
+    what the weights cannot tell. With ``pretrained=True`` the weights come from the Hugging
+    Face Hub by name, as in timm: ``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` (a bare
+    architecture name: its default tag, see ``vitkit models --pretrained``) or
+    ``"hf-hub:ORG/NAME"``; ``revision=`` pins them and ``cache_dir=`` moves the cache (see
+    :func:`vitkit.weights.hub.load_pretrained`). The resulting model remembers ``model_name`` and
     ``model_kwargs`` (the full merged keyword arguments) so that a checkpoint can rebuild it exactly.
     """
-    if checkpoint is not None:
+    if checkpoint is not None or pretrained:
         from ..weights import load_model  # weights builds on models, so import on use
+        from ..weights.hub import load_pretrained
+        if checkpoint is None:
+            return load_pretrained(name, **overrides)
+        if pretrained:
+            raise ValueError("give create_model a checkpoint or pretrained=True, not both")
         return load_model(checkpoint, name, **overrides)
     if name is None:
         raise ValueError("create_model needs a model name or a checkpoint")
+    name, overrides = _untagged(name, overrides)
     spec = get_model_spec(name)
     kwargs = {**spec.kwargs, **overrides}
     try:
@@ -77,6 +89,15 @@ def create_model(name: str | None = None, checkpoint: str | os.PathLike | None =
     model.model_name = name  # (old names, until every reader uses build_spec)
     model.model_kwargs = kwargs
     return model
+
+
+def _untagged(name: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """timm's ``architecture.tag`` names weights; without ``pretrained=True`` the architecture is built,
+    untrained, with the head those weights have (as timm does)."""
+    if name.startswith("hf-hub:"):
+        raise ValueError(f"{name} names weights on the Hugging Face Hub: pass pretrained=True")
+    known = get_pretrained_cfg(name) if "." in name else None
+    return name.partition(".")[0], {"num_classes": known.num_classes, **overrides} if known else overrides
 
 
 def count_params(model: nn.Module) -> int:

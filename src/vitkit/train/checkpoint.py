@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalResize
 from ..errors import VitkitError
 from ..fileio import atomic_write
 from ..weights import load_model, save_vitkit
@@ -151,6 +151,10 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
             or min(meta["std"]) <= 0:
         raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
                           f"got mean {meta['mean']}, std {meta['std']}")
+    try:
+        EvalResize.from_config(meta)
+    except VitkitError as e:
+        raise VitkitError(f"{path}: config's {e}") from None
     return model.eval(), meta
 
 
