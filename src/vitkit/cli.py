@@ -120,7 +120,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise VitkitError("vitkit finetune trains the model its --checkpoint holds, so model does not apply; give "
                           "what the weights cannot tell with --set 'model_kwargs={num_heads: N}'")
     if "init_from" in sets:
-        raise VitkitError("vitkit finetune starts from --checkpoint or --pretrained; drop --set init_from")
+        raise VitkitError("vitkit finetune starts from --checkpoint; drop --set init_from")
     probe = True if args.linear_probe else None
     start = str(_hub_ref(args.pretrained)) if args.pretrained else args.checkpoint
     cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=start,
