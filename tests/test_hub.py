@@ -327,3 +327,22 @@ def test_models_pretrained_lists_the_known_tags(capsys):
     assert main(["models", "--pretrained", "vit_base_patch16_224"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("vit_base_patch16_224.augreg2_in21k_ft_in1k")  # the default first
+
+
+@pytest.mark.slow  # 1000 class folders (~20 s on a busy 2-core machine)
+def test_eval_model_on_imagenets_own_folder_layout(timm_repo, tmp_path, capsys):
+    """ImageNet's val/ names class folders by synset; the model names its outputs in words."""
+    from vitkit.cli import main
+    root = tmp_path / "val"
+    for i, synset in enumerate(imagenet_synsets()):
+        (root / synset).mkdir(parents=True)
+        picture(root / synset / "a.png", (40, 36), seed=i)
+    assert main(["eval", "--model", "vit_tiny_patch16_224", "--dataset", f"folder:{root}", "--split", "all",
+                 "--precision", "fp32", "--json", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    crop = EvalResize(0.875, "bicubic")
+    x = torch.stack([normalize(load_resized(root / s / "a.png", 32, 3, crop), [0.5] * 3, [0.5] * 3)
+                     for s in imagenet_synsets()])
+    with torch.no_grad():
+        expected = (timm_repo(x).argmax(-1) == torch.arange(1000)).double().mean().item()
+    assert metrics["num_samples"] == 1000 and metrics["top1"] == pytest.approx(expected)

@@ -478,13 +478,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
     """The paper's Fig. 7 (right) over ``--limit`` images of a dataset split."""
-    from .data import load_dataset, make_loader, normalize
+    from .data import EvalResize, load_dataset, make_loader, normalize
     from .explain import attention_distance_figure
 
     if not args.dataset and not cfg.get("dataset"):
         raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
     ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
-                      img_size=cfg["img_size"], in_chans=cfg["in_chans"])
+                      img_size=cfg["img_size"], in_chans=cfg["in_chans"], resize=EvalResize.from_config(cfg))
 
     def batches() -> Iterator[torch.Tensor]:  # exactly --limit images, the last batch cut short
         left = args.limit

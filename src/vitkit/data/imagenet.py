@@ -28,3 +28,10 @@ def imagenet_classes() -> list[str]:
 def imagenet_synsets() -> list[str]:
     """The 1000 WordNet ids in index order ("n01440764", ...): the label names timm's configs may give."""
     return [synset for synset, _ in _table()]
+
+
+def imagenet_folders(folder_classes: list[str], model_classes: list[str]) -> bool:
+    """Whether a folder of class folders named by synset (ImageNet's own layout: val/n01440764/...)
+    holds the classes of a model that names them in words: sorted, the synsets are the standard order."""
+    return list(folder_classes) == imagenet_synsets() and len(model_classes) == IMAGENET_1K_CLASSES and \
+        [c.rsplit(" (", 1)[0] for c in model_classes] == imagenet_classes()  # "crane (134)": made distinct

@@ -67,6 +67,9 @@ def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str |
         raise VitkitError(f"{checkpoint}: an ONNX file; pass the checkpoint folder it was exported from as "
                           f"the checkpoint and the file as --onnx {checkpoint}")
     model, config = load_checkpoint(checkpoint)
+    if getattr(model, "num_classes", None) == 0:
+        raise VitkitError(f"{checkpoint}: the weights have no classification head (features to fine-tune): train "
+                          "one on your classes first, e.g. with vitkit finetune")
     if onnx is None:
         return prepare_for_inference(model, precision), config, model
     if not Path(onnx).is_file():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..data import EvalResize, folder_root, load_dataset, make_loader, normalize
+from ..data.imagenet import imagenet_folders
 from ..errors import VitkitError
 from .precision import autocast
 
@@ -82,7 +83,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = Non
     ds = load_dataset(spec, split, data_dir=data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
                       val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0),
                       resize=EvalResize.from_config(cfg))
-    if list(ds.classes) != list(cfg["classes"]):
+    if list(ds.classes) != list(cfg["classes"]) and not imagenet_folders(ds.classes, cfg["classes"]):
         raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
                           f"{cfg['classes'][:5]}...")
     fast = prepare_for_inference(model, precision)
