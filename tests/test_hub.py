@@ -258,7 +258,7 @@ def test_a_file_neither_cached_nor_reachable_is_one_line_naming_the_repo(cache):
 def test_missing_weights_are_named(cache, tmp_path, timm_repo):
     snapshot = cache / f"models--{TIMM_REPO.replace('/', '--')}" / "snapshots" / COMMIT
     (snapshot / "model.safetensors").unlink()
-    with pytest.raises(VitkitError, match="model.safetensors nor pytorch_model.bin is not in the cache"):
+    with pytest.raises(VitkitError, match="none of model.safetensors, pytorch_model.bin is in the cache"):
         vitkit.create_model("vit_tiny_patch16_224", pretrained=True)
 
 

@@ -161,7 +161,7 @@ def _first(ref: HubRef, names: tuple[str, ...], revision: str, cache_dir: str | 
         except _Missing as e:
             missing.append(e)
     if any(e.cached_only for e in missing):
-        raise _not_cached(ref, " nor ".join(names), cache_dir)
+        raise _not_cached(ref, names, cache_dir)
     raise VitkitError(f"{ref}: the repo has no weights vitkit reads ({', '.join(names)})")
 
 
@@ -177,7 +177,7 @@ def _download(ref: HubRef, name: str, revision: str | None, cache_dir: str | Pat
         return _get(ref, name, revision, cache_dir)
     except _Missing as e:
         if e.cached_only:
-            raise _not_cached(ref, name, cache_dir) from None
+            raise _not_cached(ref, (name,), cache_dir) from None
         raise VitkitError(f"{ref}: the repo has no {name}" + (" (not a model timm or transformers can load)"
                                                              if name == "config.json" else "")) from None
 
@@ -208,13 +208,14 @@ def _get(ref: HubRef, name: str, revision: str | None, cache_dir: str | Path | N
         raise VitkitError(f"{ref}: cannot download {name} ({_first_line(e)})") from None
 
 
-def _not_cached(ref: HubRef, what: str, cache_dir: str | Path | None) -> VitkitError:
+def _not_cached(ref: HubRef, names: tuple[str, ...], cache_dir: str | Path | None) -> VitkitError:
     from huggingface_hub import constants
 
     cache = cache_dir or constants.HF_HUB_CACHE
-    why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE
+    what = f"{names[0]} is not" if len(names) == 1 else f"none of {', '.join(names)} is"
+    why = ("HF_HUB_OFFLINE=1 forbids downloading" if constants.HF_HUB_OFFLINE
            else "the Hugging Face Hub cannot be reached")
-    return VitkitError(f"{ref}: {what} is not in the cache ({cache}) and {why}; download it where the Hub is "
+    return VitkitError(f"{ref}: {what} in the cache ({cache}) and {why}; download it where the Hub is "
                        "reachable, into that cache")
 
 
