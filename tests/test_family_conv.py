@@ -15,7 +15,7 @@ from vitkit.explain import attention_maps, attention_rollout, class_attention
 from vitkit.explain.attention import record_attention
 from vitkit.inference import prepare_for_inference
 from vitkit.models import count_params, model_param_count
-from vitkit.train.finetune import input_geometry
+from vitkit.models import input_geometry
 from vitkit.weights import load_model, save_vitkit
 
 MINI = ["tnt_mini_patch4_28", "levit_mini_28", "cvt_mini_28"]

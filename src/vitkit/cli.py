@@ -122,7 +122,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if "init_from" in sets:
         raise VitkitError("vitkit finetune starts from --checkpoint; drop --set init_from")
     probe = True if args.linear_probe else None
-    cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=args.checkpoint,
+    start = str(_hub_ref(args.pretrained)) if args.pretrained else args.checkpoint
+    cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=start,
                                                                  layer_decay=args.layer_decay, linear_probe=probe))
     train(cfg, overwrite=args.overwrite)
     return 0
@@ -132,7 +133,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on a dataset (new zero-initialised head)",
                        description="Fine-tune as the ViT paper does: pretrained body, zero-initialised D x K head, "
                                    "position embeddings resampled when --img-size changes the grid.")
-    p.add_argument("--checkpoint", required=True, help="pretrained weights: vitkit folder, timm, HF or .npz")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--checkpoint", help="pretrained weights: vitkit folder, timm, HF or .npz")
+    start.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
     p.add_argument("--linear-probe", action="store_true", help="train only the head (frozen body)")
     p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
     _add_run_options(p)
@@ -171,6 +174,37 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action.recipe_field = action.dest
 
 
+PRETRAINED_HELP = ("pretrained weights by name, from the Hugging Face Hub into its cache (HF_HUB_CACHE; "
+                   "HF_HUB_OFFLINE=1: the cache only): timm's ARCHITECTURE.TAG, e.g. "
+                   "vit_base_patch16_224.augreg2_in21k_ft_in1k, a bare architecture for its default weights, or "
+                   "hf-hub:ORG/NAME; NAME@REVISION pins a commit, branch or tag (`vitkit models --pretrained` lists "
+                   "the names vitkit knows)")
+
+
+def _hub_ref(name: str) -> Any:
+    from .weights.hub import resolve
+
+    return resolve(name)
+
+
+def _add_source(p: argparse.ArgumentParser, what: str = "a vitkit run or checkpoint folder") -> None:
+    """--checkpoint PATH, or --model NAME: pretrained weights from the Hub."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=what)
+    source.add_argument("--model", metavar="NAME", help=PRETRAINED_HELP)
+
+
+def _source(args: argparse.Namespace) -> str:
+    """What to load: the --checkpoint path, or the Hub repo --model names (hf-hub:ORG/NAME[@REV]),
+    which every loader reads as it reads a folder."""
+    return str(_hub_ref(args.model)) if args.model else args.checkpoint
+
+
+def _beside(source: str, suffix: str) -> Path:
+    """A file or folder named after pretrained weights, in the working directory (not in the Hub's cache)."""
+    return Path(_hub_ref(source).name + suffix)
+
+
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     from .allocator import keep_freed_memory
@@ -179,9 +213,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train.plots import plot_confusion
 
     keep_freed_memory()
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, data_dir=args.data_dir,
+    source = _source(args)
+    metrics = evaluate_checkpoint(source, args.dataset, args.split, data_dir=args.data_dir,
                                   precision=args.precision, batch_size=args.batch_size, flip_tta=args.flip_tta)
-    out = Path(args.out) if args.out else _default_eval_out(Path(args.checkpoint))
+    out = Path(args.out) if args.out else _beside(source, "-eval") if args.model else _default_eval_out(Path(source))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics)
     plot_confusion(metrics["confusion"], metrics["classes"], out / "confusion.png")
@@ -204,7 +239,7 @@ def _default_eval_out(checkpoint: Path) -> Path:
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    _add_source(p, "checkpoint folder")
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--split", choices=["train", "val", "test", "all"],
@@ -214,7 +249,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
                    help="as vitkit predict and serve run the model (prepare_for_inference): bf16 weights or int8 "
                    "linears are faster and move top-1 by ~0.1 points; measure it here (default fp32, the reference)")
-    p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval)")
+    p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval, or NAME-eval "
+                   "for --model NAME)")
     p.add_argument("--flip-tta", action="store_true", help="average each image's logits with its mirror image's "
                    "(test-time augmentation; twice the work; only for classes that mirroring does not change)")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5 as fractions, ...)")
@@ -231,7 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     keep_freed_memory()  # big batches then run whole, faster than in slices (see slice_size)
-    classifier, cfg, _ = load_classifier(args.checkpoint, args.precision, _onnx_file(args))
+    classifier, cfg, _ = load_classifier(_source(args), args.precision, _onnx_file(args))
     paths = expand_inputs(args.inputs)
     bar = progress(total=len(paths), disable=len(paths) < 2 * args.batch_size, unit="img")
     results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
@@ -258,6 +294,9 @@ def _onnx_file(args: argparse.Namespace) -> Path | None:
     if args.precision != "auto":  # the file's own graph runs as exported, in fp32
         raise VitkitError(f"--precision {args.precision} applies to the torch runtime; ONNX Runtime runs the "
                           "exported fp32 graph: drop --precision, or drop --runtime onnx / --onnx")
+    if args.model and not args.onnx:
+        raise VitkitError(f"--runtime onnx with --model {args.model}: name the exported file with --onnx FILE "
+                          f"(`vitkit export --model {args.model}` writes {_beside(args.model, '.onnx')})")
     return Path(args.onnx or Path(args.checkpoint) / "model.onnx")
 
 
@@ -273,7 +312,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images or folders of images")
     p.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files, or folders read recursively")
-    p.add_argument("--checkpoint", required=True, help="a vitkit run or checkpoint folder")
+    _add_source(p)
     p.add_argument("--topk", type=_positive_int, default=5, help="classes listed per image")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     _add_runtime_options(p)
@@ -288,10 +327,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import Predictor, make_server
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: refused now, not in every request's answer
-    onnx = _onnx_file(args)
-    classifier, cfg, model = load_classifier(args.checkpoint, args.precision, onnx)
+    onnx, source = _onnx_file(args), _source(args)
+    classifier, cfg, model = load_classifier(source, args.precision, onnx)
     runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, {getattr(classifier, 'precision', args.precision)}"
-    predictor = Predictor(classifier, cfg, str(args.checkpoint), runtime, args.topk, model)
+    predictor = Predictor(classifier, cfg, source, runtime, args.topk, model)
     try:
         server = make_server(predictor, args.host, args.port)
     except OSError as e:  # port taken, address not local, ...
@@ -299,7 +338,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     predictor.warm_up()
     host = {"0.0.0.0": "<this machine>", "::": "<this machine>"}.get(args.host, args.host)
     host = f"[{host}]" if ":" in host else host
-    print(f"serving {args.checkpoint} at http://{host}:{server.server_port}/  (POST /predict with an image "
+    print(f"serving {source} at http://{host}:{server.server_port}/  (POST /predict with an image "
           "as the body; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
@@ -312,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an HTTP API (POST /predict) and a page to try a checkpoint in a browser")
-    p.add_argument("--checkpoint", required=True, help="a vitkit run or checkpoint folder")
+    _add_source(p)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
     p.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     p.add_argument("--topk", type=_positive_int, default=5, help="default top-k of /predict (?topk=K overrides)")
@@ -325,17 +364,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export
     from .weights import load_checkpoint
 
-    model, _ = load_checkpoint(args.checkpoint)
-    default = Path(args.checkpoint) / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    source = _source(args)
+    model, _ = load_checkpoint(source)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    default = _beside(source, suffix) if args.model else Path(source) / f"model{suffix}"
     print(export(model, args.out or default, format=args.format))
     return 0
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
-    p.add_argument("--checkpoint", required=True, help="a vitkit run or checkpoint folder")
+    _add_source(p)
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="what to write")
-    p.add_argument("--out", help="output file (default CHECKPOINT/model.onnx or model.torchscript.pt)")
+    p.add_argument("--out", help="output file (default CHECKPOINT/model.onnx or model.torchscript.pt; NAME.onnx or "
+                   "NAME.torchscript.pt for --model NAME)")
     p.set_defaults(func=cmd_export)
 
 
@@ -343,6 +385,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_spec, list_models, model_param_count
 
+    if args.pretrained:
+        return _list_pretrained(args.pattern, args.json)
     names = list_models(args.pattern)
     if not names:
         raise VitkitError(f"no model matches {args.pattern!r}")
@@ -356,9 +400,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_pretrained(pattern: str, as_json: bool) -> int:
+    """The pretrained weights vitkit knows for the models it has, each architecture's default first."""
+    from dataclasses import asdict
+
+    from .models import list_models, list_pretrained
+
+    known = set(list_models())
+    rows = [cfg for cfg in list_pretrained(pattern) if cfg.architecture in known]
+    if not rows:
+        raise VitkitError(f"no pretrained weights match {pattern!r}")
+    if as_json:
+        print(json.dumps([{**asdict(cfg), "repo": cfg.hf_hub_id} for cfg in rows]))
+        return 0
+    print(f"{'pretrained weights (--model / --pretrained NAME)':50s} {'classes':>7s} {'input':>9s} {'crop':>5s}  "
+          "mean/std  what")
+    for cfg in rows:
+        stats = "0.5" if cfg.mean == (0.5,) * 3 and cfg.std == (0.5,) * 3 else "ImageNet"
+        print(f"{cfg.name:50s} {cfg.num_classes or '-':>7} {'x'.join(map(str, cfg.input_size)):>9s} "
+              f"{cfg.crop_pct:5.3g}  {stats:8s}  {cfg.description}")
+    return 0
+
+
 def add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p = sub.add_parser("models", help="list registered models with parameter counts, or their pretrained weights")
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'vit_base*'")
+    p.add_argument("--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name "
+                   "(timm's ARCHITECTURE.TAG, on the Hugging Face Hub as timm/ARCHITECTURE.TAG)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -369,12 +437,12 @@ def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], An
     on stderr and left out."""
     import torch
 
-    from .data import load_resized
+    from .data import EvalResize, load_resized
 
-    good, tensors = [], []
+    good, tensors, resize = [], [], EvalResize.from_config(cfg)
     for path in paths:
         try:
-            tensors.append(load_resized(path, cfg["img_size"], cfg["in_chans"]))
+            tensors.append(load_resized(path, cfg["img_size"], cfg["in_chans"], resize))
             good.append(path)
         except VitkitError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -390,9 +458,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .weights import load_checkpoint
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
-    model, cfg = load_checkpoint(args.checkpoint)
+    source = _source(args)
+    model, cfg = load_checkpoint(source)
     if not hasattr(model, "blocks"):
-        raise VitkitError(f"{args.checkpoint}: explain draws a Vision Transformer's attention; this checkpoint "
+        raise VitkitError(f"{source}: explain draws a Vision Transformer's attention; this checkpoint "
                           f"holds a {type(model).__name__}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -409,13 +478,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
     """The paper's Fig. 7 (right) over ``--limit`` images of a dataset split."""
-    from .data import load_dataset, make_loader, normalize
+    from .data import EvalResize, load_dataset, make_loader, normalize
     from .explain import attention_distance_figure
 
     if not args.dataset and not cfg.get("dataset"):
         raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
     ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
-                      img_size=cfg["img_size"], in_chans=cfg["in_chans"])
+                      img_size=cfg["img_size"], in_chans=cfg["in_chans"], resize=EvalResize.from_config(cfg))
 
     def batches() -> Iterator[torch.Tensor]:  # exactly --limit images, the last batch cut short
         left = args.limit
@@ -451,7 +520,7 @@ def _explain_images(model: torch.nn.Module, cfg: dict, args: argparse.Namespace,
 def add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="attention maps, rollout, the ViT paper's figures and an HTML report")
     p.add_argument("images", nargs="*", metavar="IMG_OR_DIR", help="images to explain (not needed for --figure)")
-    p.add_argument("--checkpoint", required=True, help="a vitkit run or checkpoint folder")
+    _add_source(p)
     p.add_argument("--out", required=True, help="folder for the PNGs and report.html")
     p.add_argument("--figure", choices=["attention-distance", "embeddings"],
                    help="a model-level figure instead of per-image explanations")

@@ -18,8 +18,8 @@ from .images import IMAGE_EXTENSIONS, open_image
 from .loader import ShardSampler, make_loader
 from .mixup import Mixup
 from .samples import save_samples
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, match_channels, match_stats, normalize, random_crop_flip,
-                         resize_center_crop, resize_images)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, EvalResize, match_channels, match_stats, normalize,
+                         random_crop_flip, resize_center_crop, resize_images)
 
 if TYPE_CHECKING:
     from .augment import BatchAugment, RandAugment
@@ -47,14 +47,15 @@ SPLITS = ("train", "test", "val", "all")  # "all": every image of a folder, unsp
 
 def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  in_chans: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True) -> ImageDataset:
+                 download: bool = True, resize: EvalResize | None = None) -> ImageDataset:
     """A split of a named dataset, at ``img_size`` (default: native, 224 for folders) with
     ``in_chans`` channels (default: native, 3 for folders).
 
     "val" and "test" both mean the held-out part; they differ only for a folder that has
     both val/ and test/ sub-folders. ``val_fraction`` and ``seed`` only apply to folders
     without such sub-folders; the built-in datasets have fixed splits. "all" is every image
-    of a folder of class folders (to score a model on images it never trained on).
+    of a folder of class folders (to score a model on images it never trained on). ``resize``
+    brings a folder's images to ``img_size`` as pretrained weights ask (see :class:`EvalResize`).
     """
     if split not in SPLITS:
         raise VitkitError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -66,7 +67,7 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
         if not spec[len("folder:"):].strip():
             raise VitkitError("folder: needs the folder's path, e.g. folder:~/photos")
         return load_folder(spec[len("folder:"):], split, img_size=img_size or 224, in_chans=in_chans or 3,
-                           val_fraction=val_fraction, seed=seed)
+                           val_fraction=val_fraction, seed=seed, resize=resize)
     if split == "all" and spec in DATASETS:
         raise VitkitError(f"split 'all' is for folders of images; {spec} has fixed train and test splits")
     part = "train" if split == "train" else "test"
@@ -87,7 +88,8 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     return ds
 
 
-__all__ = ["BatchAugment", "Mixup", "RandAugment", "save_samples", "DATASET_STATS", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["BatchAugment", "EvalResize", "Mixup", "RandAugment", "save_samples", "DATASET_STATS", "IMAGENET_MEAN",
+           "IMAGENET_STD",
            "IMAGE_EXTENSIONS", "ImageDataset", "InMemoryDataset", "LazyImageDataset", "ShardSampler",
            "folder_root", "has_separate_test", "load_dataset", "load_folder", "load_resized", "make_loader", "match_channels",
            "match_stats", "normalize", "open_image", "random_crop_flip", "resize_center_crop", "resize_images",

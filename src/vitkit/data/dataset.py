@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import image_from_bytes, image_to_tensor, open_image
-from .transforms import resize_center_crop
+from .transforms import EvalResize
 
 
 class ImageDataset(Dataset):
@@ -57,23 +57,29 @@ class LazyImageDataset(ImageDataset):
     """Image files decoded on access (in DataLoader workers) for folders too big to hold in memory."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], targets: Sequence[int], classes: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float], name: str, img_size: int, in_chans: int):
+                 mean: Sequence[float], std: Sequence[float], name: str, img_size: int, in_chans: int,
+                 resize: EvalResize | None = None):
         super().__init__(classes, mean, std, name)
         self.paths = [str(p) for p in paths]
         self.targets = torch.as_tensor(list(targets), dtype=torch.int64)
-        self.img_size, self.in_chans = img_size, in_chans
+        self.img_size, self.in_chans, self.resize = img_size, in_chans, resize
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_resized(self.paths[i], self.img_size, self.in_chans), int(self.targets[i])
+        return load_resized(self.paths[i], self.img_size, self.in_chans, self.resize), int(self.targets[i])
 
 
-def load_resized(path: str | os.PathLike, img_size: int, in_chans: int) -> torch.Tensor:
-    """The folder pipeline for one file: decode, convert channels, resize + center crop."""
-    im = open_image(path, in_chans, draft_size=img_size)
-    return image_to_tensor(resize_center_crop(im, img_size))
+def load_resized(path: str | os.PathLike, img_size: int, in_chans: int, resize: EvalResize | None = None
+                 ) -> torch.Tensor:
+    """The folder pipeline for one file: decode, convert channels, resize + center crop (``resize``:
+    the crop and interpolation pretrained weights ask for; default the whole shorter side, bicubic)."""
+    resize = resize or EvalResize()
+    im = open_image(path, in_chans, draft_size=resize.scale_size(img_size))
+    return image_to_tensor(resize(im, img_size))
 
 
-def resized_from_bytes(data: bytes, name: str, img_size: int, in_chans: int) -> torch.Tensor:
+def resized_from_bytes(data: bytes, name: str, img_size: int, in_chans: int, resize: EvalResize | None = None
+                       ) -> torch.Tensor:
     """:func:`load_resized` for an image in memory (an upload); errors name it ``name``."""
-    im = image_from_bytes(data, name, in_chans, draft_size=img_size)
-    return image_to_tensor(resize_center_crop(im, img_size))
+    resize = resize or EvalResize()
+    im = image_from_bytes(data, name, in_chans, draft_size=resize.scale_size(img_size))
+    return image_to_tensor(resize(im, img_size))

@@ -25,7 +25,7 @@ from ..errors import VitkitError
 from ..progress import progress
 from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset, load_resized
 from .images import IMAGE_EXTENSIONS, env_int, max_image_pixels, open_header
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, match_stats
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalResize, match_stats
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
 MEMORY_BUDGET_MB: int | None = None  # None: $VITKIT_FOLDER_MEMORY_MB, else 512 (read per dataset)
@@ -34,12 +34,13 @@ MAX_LISTED = 10
 
 
 def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_chans: int = 3,
-                val_fraction: float = 0.1, seed: int = 0, memory_budget_mb: int | None = None) -> ImageDataset:
+                val_fraction: float = 0.1, seed: int = 0, memory_budget_mb: int | None = None,
+                resize: EvalResize | None = None) -> ImageDataset:
     """The ``split`` ("train", "val"/"test" for the held-out part, or "all") of an image folder.
 
     Images are converted to ``in_chans`` channels, their shorter side resized to ``img_size``
-    and center-cropped. Normalisation stats are ImageNet's: these are natural images, and
-    pretrained ViTs expect exactly those.
+    and center-cropped (or as ``resize`` says: pretrained weights' own crop). Normalisation
+    stats are ImageNet's: these are natural images, and pretrained ViTs expect exactly those.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -72,7 +73,7 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     in_memory = len(paths) * in_chans * img_size**2 <= budget
     if in_memory:
-        images, failures = _decode_all(paths, img_size, in_chans, desc=f"decoding {root.name}/ {split}")
+        images, failures = _decode_all(paths, img_size, in_chans, resize, desc=f"decoding {root.name}/ {split}")
     else:
         failures = _check_headers(paths)
     if problems or failures:  # the layout's problems and the unreadable images, in one listing
@@ -82,7 +83,7 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
     if in_memory:
         ds = InMemoryDataset(images, torch.tensor(targets), classes, mean, std, name)
     else:
-        ds = LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans)
+        ds = LazyImageDataset(paths, targets, classes, mean, std, name, img_size, in_chans, resize)
     ds.flip_invariant = declared_properties(root).get("flip_invariant", True)
     return ds
 
@@ -249,7 +250,8 @@ def _file_rank(path: Path, root: Path, seed: int) -> bytes:
     return hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
 
 
-def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> tuple[torch.Tensor, list[str]]:
+def _decode_all(paths: list[Path], img_size: int, in_chans: int, resize: EvalResize | None, desc: str
+                ) -> tuple[torch.Tensor, list[str]]:
     """All images into one uint8 [N,C,S,S] tensor, in threads (Pillow decodes without the GIL), and
     what was wrong with each image that could not be read."""
     images = torch.empty((len(paths), in_chans, img_size, img_size), dtype=torch.uint8)
@@ -257,7 +259,7 @@ def _decode_all(paths: list[Path], img_size: int, in_chans: int, desc: str) -> t
 
     def decode(i: int) -> None:
         try:
-            images[i] = load_resized(paths[i], img_size, in_chans)
+            images[i] = load_resized(paths[i], img_size, in_chans, resize)
         except VitkitError as e:
             failures.append((i, str(e)))
 

@@ -5,28 +5,82 @@ be decoded once, up front) while every epoch still sees fresh crops and flips.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import VitkitError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+                  "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+CROP_MODES = ("center", "squash")
+
+
+@dataclass(frozen=True)
+class EvalResize:
+    """How an image becomes the model's square input at evaluation, in timm's terms (its eval transform).
+
+    ``center``: the shorter side to ``floor(size / crop_pct)``, then the central ``size`` square;
+    ``squash``: both sides to ``floor(size / crop_pct)`` (aspect ratio lost), then the central
+    square (Hugging Face's ViT and DeiT processors). Pretrained weights state theirs (timm's
+    ``pretrained_cfg``, HF's ``preprocessor_config.json``) and score best with it; vitkit's own
+    runs use the default, the whole shorter side. The crop is resampled straight from the source
+    box it covers, which is the arithmetic of resizing the whole image and then cropping, without
+    ever holding the resized whole: a 100000x1 strip costs a ``size``-square of memory.
+    """
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) \
+                or not 0 < self.crop_pct <= 1:
+            raise VitkitError(f"crop_pct must be a fraction in (0, 1], got {self.crop_pct!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VitkitError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if self.crop_mode not in CROP_MODES:
+            raise VitkitError(f"crop_mode {self.crop_mode!r} is not one of {', '.join(CROP_MODES)}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EvalResize:
+        """The transform a checkpoint's config (or ``model.checkpoint_meta``) asks for; the default without."""
+        return cls(**{k: config[k] for k in ("crop_pct", "interpolation", "crop_mode") if config.get(k) is not None})
+
+    def scale_size(self, size: int) -> int:
+        """The side the image is resized to before the crop (timm: ``floor(img_size / crop_pct)``)."""
+        return math.floor(size / self.crop_pct + 1e-6)  # a crop_pct of 224 / 248 gives 248, not 247.99999
+
+    def __call__(self, im: Image.Image, size: int) -> Image.Image:
+        w, h = im.size
+        scale = self.scale_size(size)
+        if self.crop_mode == "squash":
+            new_w = new_h = scale
+        elif w <= h:  # torchvision's Resize(int): the shorter side to scale, the longer in proportion, truncated
+            new_w, new_h = scale, int(scale * h / w)
+        else:
+            new_w, new_h = int(scale * w / h), scale
+        if (w, h) == (new_w, new_h) == (size, size):
+            return im
+        left, top = round((new_w - size) / 2), round((new_h - size) / 2)  # torchvision's CenterCrop
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return im.resize((size, size), INTERPOLATIONS[self.interpolation], box=box, reducing_gap=3.0)
+
+
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size``, then the central ``size`` x ``size`` square (the usual eval
-    transform): no distortion of the aspect ratio, at the cost of the borders. The square is
-    resampled straight from the source, so a 100000x1 strip costs a ``size``-square of memory,
-    not the 100000*size pixels of resizing it whole first."""
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),
-                     reducing_gap=3.0)
+    """Shorter side to ``size``, then the central ``size`` x ``size`` square (vitkit's eval transform,
+    :class:`EvalResize` by default): no distortion of the aspect ratio, at the cost of the borders."""
+    return EvalResize()(im, size)
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:

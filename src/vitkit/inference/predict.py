@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_resized, normalize
+from ..data import EvalResize, load_resized, normalize
 from ..data.folder import files_under
 from ..errors import VitkitError
 
@@ -67,6 +67,9 @@ def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str |
         raise VitkitError(f"{checkpoint}: an ONNX file; pass the checkpoint folder it was exported from as "
                           f"the checkpoint and the file as --onnx {checkpoint}")
     model, config = load_checkpoint(checkpoint)
+    if getattr(model, "num_classes", None) == 0:
+        raise VitkitError(f"{checkpoint}: the weights have no classification head (features to fine-tune): train "
+                          "one on your classes first, e.g. with vitkit finetune")
     if onnx is None:
         return prepare_for_inference(model, precision), config, model
     if not Path(onnx).is_file():
@@ -94,13 +97,14 @@ def predict_files(classifier: Classifier, paths: list[Path], config: dict[str, A
     ``classifier`` maps float32 images to logits: a model from ``prepare_for_inference``
     (any precision) or an ``OnnxClassifier``.
     """
+    resize = EvalResize.from_config(config)  # the crop pretrained weights were evaluated with
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         tensors: dict[int, torch.Tensor] = {}
         results = [Prediction(str(p)) for p in chunk]
         for i, path in enumerate(chunk):
             try:
-                tensors[i] = load_resized(path, config["img_size"], config["in_chans"])
+                tensors[i] = load_resized(path, config["img_size"], config["in_chans"], resize)
             except VitkitError as e:
                 results[i].error = str(e)
         if tensors:

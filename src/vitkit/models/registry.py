@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import VitkitError
+from .pretrained import get_pretrained_cfg
 from .spec import BuildSpec
 from .vit import VisionTransformer
 
@@ -61,6 +62,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     keyword arguments), which is all a checkpoint needs to rebuild it. Weights from a file or
     the Hub come through ``vitkit.create_model``, which builds on this.
     """
+    name, overrides = _untagged(name, overrides)
     spec = get_model_spec(name)
     kwargs = {**spec.kwargs, **overrides}
     try:
@@ -73,6 +75,15 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise VitkitError(f"bad arguments for model {name!r}: {e}") from e
     model.build_spec = BuildSpec(name, kwargs)
     return model
+
+
+def _untagged(name: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """timm's ``architecture.tag`` names weights; without ``pretrained=True`` the architecture is built,
+    untrained, with the head those weights have (as timm does)."""
+    if name.startswith("hf-hub:"):
+        raise VitkitError(f"{name} names weights on the Hugging Face Hub: pass pretrained=True")
+    known = get_pretrained_cfg(name) if "." in name else None
+    return name.partition(".")[0], {"num_classes": known.num_classes, **overrides} if known else overrides
 
 
 def count_params(model: nn.Module) -> int:

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data import normalize, resized_from_bytes
+from ..data import EvalResize, normalize, resized_from_bytes
 from ..errors import VitkitError
 from ..explain import attention_rollout
 from ..explain.figures import rollout_strip
@@ -71,6 +71,7 @@ class Predictor:
                       "runtime": runtime, "classes": list(config["classes"]),
                       "img_size": config["img_size"], "in_chans": config["in_chans"],
                       "explain": self.model is not None}
+        self.resize = EvalResize.from_config(config)
         self.lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -81,7 +82,7 @@ class Predictor:
 
     def _decode(self, data: bytes, name: str) -> torch.Tensor:
         """The upload as the model's uint8 input [C, S, S]; call it under the lock (it can take GBs)."""
-        return resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"])
+        return resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"], self.resize)
 
     def predict(self, data: bytes, name: str, topk: int | None = None, explain: bool = False) -> dict[str, Any]:
         """Top classes; with ``explain`` also the /explain PNG as a data URL, from the same decoded image."""

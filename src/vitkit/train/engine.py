@@ -29,6 +29,7 @@ from ..machine import cpu_name
 from ..models import count_params, create_model, get_model_spec, input_geometry, spec_of
 from ..fileio import WriteError, write_json, write_text
 from ..progress import progress
+from ..weights.hub import is_hub_ref
 from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_state, save_checkpoint, save_train_state,
                          training_lock, unwrap)
 from .config import FEW_STEPS, TrainConfig
@@ -500,7 +501,7 @@ def _check_inputs_exist(cfg: TrainConfig, resume: bool = False) -> None:
     A resumed run holds its starting weights and backbone already; only a teacher is read again."""
     for key in ("distill_from",) if resume else ("init_from", "distill_from", "backbone_from"):
         source = getattr(cfg, key)
-        if source and not Path(source).exists():
+        if source and not is_hub_ref(source) and not Path(source).exists():  # the Hub's are fetched when read
             recipe = Path("recipes") / f"{Path(source).name}.yaml"
             hint = (f"; `vitkit train --config {recipe} --output {source}` makes it" if recipe.is_file()
                     else "; train or fetch it first")

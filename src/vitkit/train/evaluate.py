@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import folder_root, load_dataset, make_loader, normalize
+from ..data import EvalResize, folder_root, load_dataset, make_loader, normalize
+from ..data.imagenet import imagenet_folders
 from ..errors import VitkitError
 from .precision import autocast
 
@@ -80,8 +81,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = Non
     split = split or default_split(spec, cfg.get("dataset"))
     recipe = cfg.get("recipe", {})
     ds = load_dataset(spec, split, data_dir=data_dir, img_size=cfg["img_size"], in_chans=cfg["in_chans"],
-                      val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0))
-    if list(ds.classes) != list(cfg["classes"]):
+                      val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0),
+                      resize=EvalResize.from_config(cfg))
+    if list(ds.classes) != list(cfg["classes"]) and not imagenet_folders(ds.classes, cfg["classes"]):
         raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
                           f"{cfg['classes'][:5]}...")
     fast = prepare_for_inference(model, precision)

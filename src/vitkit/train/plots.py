@@ -31,7 +31,8 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     cm = np.asarray(confusion, dtype=float)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = len(classes)
-    size = max(5.0, 0.55 * k + 2)
+    size = max(5.0, 0.55 * min(k, 30) + 2)  # past 30 classes (no labels) a pixel a class: 1000 classes at 0.55 in
+                                            # each would be a 60000-px square (15 GB)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:

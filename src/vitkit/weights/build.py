@@ -84,7 +84,7 @@ _SHAPING = ("embed_dim", "depth", "mlp_ratio", "patch_size", "in_chans", "class_
 
 def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     # a file that states its build spec (vitkit's) is rebuilt from it alone; others are read off the tensors
-    found = dict(ckpt.kwargs) if ckpt.model_name else {
+    found = dict(ckpt.kwargs) if ckpt.spec_complete else {
         **infer_kwargs(ckpt.state_dict, ckpt.source, _stated_layout(ckpt, overrides)), **ckpt.kwargs}
     if name and name != ckpt.model_name:  # the caller's name (a file's own may carry its own kwargs)
         _check_name_fits(ckpt.source, name, base, found, overrides)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,14 @@ class Checkpoint:
     kwargs: dict[str, Any] = field(default_factory=dict)
     model_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    spec_complete: bool = False  # model_name + kwargs are a build spec (vitkit wrote it): nothing to infer
 
 
 # A safetensors header may carry strings; vitkit puts there what rebuilds the model, so a plain
 # weights file (timm layout) written by vitkit loads without --model, as its checkpoint folder does.
 _NAME, _KWARGS = "vitkit.model", "vitkit.model_kwargs"
-_RUN_META = ("classes", "mean", "std")  # what running the model needs, kept as "vitkit.<key>" (JSON)
+# what running the model needs, kept as "vitkit.<key>" (JSON): class names, normalisation, eval crop
+_RUN_META = ("classes", "mean", "std", "crop_pct", "interpolation", "crop_mode")
 
 
 def architecture_metadata(model: Any) -> dict[str, str]:
@@ -56,3 +59,11 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[str | None, di
     if _KWARGS not in metadata:
         return None, {}
     return metadata.get(_NAME) or None, with_tuples(json.loads(metadata[_KWARGS]))
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """Class names as a head's outputs need them, one per output: a name that several outputs share
+    gets each one's index ("crane (134)", "crane (517)": ImageNet's bird and machine)."""
+    counts = Counter(names)
+    return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
+

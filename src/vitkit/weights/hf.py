@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import VitkitError
 from ..fileio import atomic_write, write_json
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, distinct_names
 from .files import StateDict, read_json, read_tensors
 from .keymap import Table, fuse_qkv, rename, split_qkv
 
@@ -65,9 +65,13 @@ def is_hf(sd: StateDict) -> bool:
 def read_folder(folder: Path) -> Checkpoint:
     """A ``save_pretrained`` folder: config.json plus model.safetensors or pytorch_model.bin (sharded or not)."""
     config = read_json(folder / "config.json")
-    _check_config(config, str(folder))  # before reading weights that could not be used
+    check_config(config, str(folder))  # before reading weights that could not be used
     return from_state_dict(_read_weights(folder), str(folder), config,
                            _preprocessing(folder, config.get("num_channels", 3)))
+
+
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""What ``save_pretrained`` writes, whole or sharded, in the order transformers reads them."""
 
 
 def _read_weights(folder: Path) -> StateDict:
@@ -82,19 +86,49 @@ def _read_weights(folder: Path) -> StateDict:
 
 
 def _preprocessing(folder: Path, channels: int) -> dict[str, Any]:
-    """mean/std as one value per channel; HF's processors also take a single number for all of them."""
+    """mean/std as one value per channel (HF's processors also take a single number for all of them),
+    and the resize and crop, in timm's terms (see :class:`vitkit.data.transforms.EvalResize`)."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return {}
     cfg = read_json(path)
     stats = {k: cfg[f"image_{k}"] for k in ("mean", "std") if f"image_{k}" in cfg}
-    return {k: [float(v)] * channels if isinstance(v, (int, float)) else v for k, v in stats.items()}
+    stats = {k: [float(v)] * channels if isinstance(v, (int, float)) else v for k, v in stats.items()}
+    return {**stats, **_resize(cfg)}
+
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's numbers
+_SHORTEST_EDGE_BY_DEFAULT = ("ConvNext",)  # processors that read a plain "size": N as the shortest edge (CvT's)
+
+
+def _resize(cfg: dict[str, Any]) -> dict[str, Any]:
+    """ViT's processor squashes the image to ``size`` (crop_pct 1); DeiT's squashes it to 256 and crops
+    224 (crop_pct 224/256); ConvNext's (CvT's) resizes the shortest edge to size / crop_pct and crops
+    ``size``; others resize the shortest edge to ``size`` and crop ``crop_size``."""
+    if not cfg.get("do_resize", True):
+        return {}
+    out: dict[str, Any] = {"interpolation": _RESAMPLE[cfg["resample"]]} if cfg.get("resample") in _RESAMPLE else {}
+    size, crop = cfg.get("size"), cfg.get("crop_size") if cfg.get("do_center_crop") else None
+    kind = cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or ""
+    if isinstance(size, int):
+        size = {"shortest_edge": size} if kind.startswith(_SHORTEST_EDGE_BY_DEFAULT) else {"height": size, "width": size}
+    crop = crop.get("height") if isinstance(crop, dict) else crop
+    if not isinstance(size, dict):
+        return out
+    if "shortest_edge" in size:
+        if "crop_pct" in cfg:  # ConvNext's: the crop is `size`, taken from size / crop_pct (squashed from 384 up)
+            big = size["shortest_edge"] >= 384
+            return {**out, "crop_mode": "squash" if big else "center", "crop_pct": 1.0 if big else float(cfg["crop_pct"])}
+        return {**out, "crop_mode": "center", "crop_pct": crop / size["shortest_edge"] if crop else 1.0}
+    if "height" in size:
+        return {**out, "crop_mode": "squash", "crop_pct": crop / size["height"] if crop else 1.0}
+    return out
 
 
 def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = None,
                     meta: dict[str, Any] | None = None) -> Checkpoint:
     config = config or {}
-    _check_config(config, source)
+    check_config(config, source)
     has_head = "classifier.weight" in sd or "cls_classifier.weight" in sd
     deit = any(k.endswith("embeddings.distillation_token") for k in sd)
     sd = {k: v for k, v in sd.items() if not (k.startswith(_DROPPED) or (has_head or deit) and "pooler." in k)}
@@ -104,7 +138,7 @@ def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = 
     labels = config.get("id2label") or {}
     meta = dict(meta or {})
     if has_head and labels:
-        meta["classes"] = [labels[k] for k in sorted(labels, key=int)]
+        meta["classes"] = distinct_names([labels[k] for k in sorted(labels, key=int)])
     return Checkpoint(fuse_qkv(renamed), source, "hf", _kwargs(config), meta=meta)
 
 
@@ -117,7 +151,7 @@ def _read_table(sd: StateDict) -> Table:
     return TABLE
 
 
-def _check_config(config: dict[str, Any], source: str) -> None:
+def check_config(config: dict[str, Any], source: str) -> None:
     if config.get("model_type", "vit") not in ("vit", "deit"):
         raise VitkitError(f"{source}: model_type {config['model_type']!r} is not supported yet (only 'vit', 'deit')")
     for key, want in (("hidden_act", "gelu"), ("pooler_act", "tanh")):

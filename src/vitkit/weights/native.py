@@ -31,7 +31,7 @@ def read_folder(folder: Path) -> Checkpoint:
     meta = {k: v for k, v in config.items() if k not in ("format", "model", "model_kwargs")}
     kwargs = with_tuples(dict(config.get("model_kwargs") or {}))
     return Checkpoint(read_tensors(folder / "model.safetensors"), str(folder), FORMAT, kwargs,
-                      config.get("model"), meta)
+                      config.get("model"), meta, spec_complete=config.get("model") is not None)
 
 
 def save_vitkit(model: nn.Module, folder: str | Path, **meta: Any) -> Path:

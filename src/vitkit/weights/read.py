@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import VitkitError
-from . import hf, hf_cvt, native, npz, timm
+from . import hf, hf_cvt, hub, native, npz, timm
 from .build import build_model
 from .checkpoint import Checkpoint
 from .files import read_json, read_tensors, safetensors_metadata
@@ -21,7 +21,10 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> Checkpoint:
     """Read a file or folder in any supported layout into timm-named tensors (no model built).
 
     ``name`` (a registered model) vouches for a file whose tensors show no ViT: it is read as that
-    model's state dict in timm's layout (TNT, LeViT)."""
+    model's state dict in timm's layout (TNT, LeViT). ``hf-hub:ORG/NAME[@REV]`` is a Hugging Face Hub
+    repo's folder, fetched into the cache first."""
+    if hub.is_hub_ref(path):
+        return hub.read_checkpoint(hub.resolve(path))
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
@@ -51,12 +54,15 @@ def _read_folder(folder: Path) -> Checkpoint:
         return hf_cvt.read_folder(folder)
     if "model_type" in config:
         return hf.read_folder(folder)
-    raise VitkitError(f"{folder}/config.json: neither a vitkit checkpoint (format: vitkit) nor a Hugging Face "
-                      "config (model_type)")
+    if timm.is_timm_config(config):
+        return timm.read_folder(folder)
+    raise VitkitError(f"{folder}/config.json: neither a vitkit checkpoint (format: vitkit), a Hugging Face "
+                      "config (model_type) nor a timm one (architecture)")
 
 
 def load_model(path: str | Path, name: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a model from weights in any supported layout, inferring its architecture.
+    """Build a model from weights in any supported layout, inferring its architecture
+    (``path`` may be a Hub repo, ``hf-hub:ORG/NAME[@REV]``; see :mod:`vitkit.weights.hub`).
 
     ``name`` (a registry name) and ``overrides`` (timm's keyword names: ``img_size``,
     ``num_heads``, ``num_classes``, ``global_pool``, ...) supply what the weights cannot

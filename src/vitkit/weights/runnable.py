@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalResize
 from ..errors import VitkitError
 from ..models import input_geometry
 from .build import build_model
@@ -46,6 +46,10 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict
             or min(meta["std"]) <= 0:
         raise VitkitError(f"{path}: config's mean and std need one value per input channel ({chans}), std > 0; "
                           f"got mean {meta['mean']}, std {meta['std']}")
+    try:
+        EvalResize.from_config(meta)
+    except VitkitError as e:
+        raise VitkitError(f"{path}: config's {e}") from e
     return model.eval(), meta
 
 
