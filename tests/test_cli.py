@@ -375,7 +375,8 @@ def test_help_shows_defaults_including_the_recipe_fields(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {TrainConfig().epochs})" in text and f"(default: {TrainConfig().model})" in text
+    assert f"(default: {TrainConfig().lr})" in text and f"(default: {TrainConfig().model})" in text
+    assert "(default: enough for 600 optimiser steps, at least 10)" in text  # left to vitkit, and said so
     assert f"stochastic depth rate of the last block (default: {TrainConfig().drop_path_rate})" in text
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

@@ -6,7 +6,8 @@ import torch
 
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.models import BuildSpec, count_params, input_geometry, list_models, model_param_count, spec_of
+from vitkit.models import (BuildSpec, count_params, input_geometry, list_models, model_flops, model_param_count,
+                           spec_of)
 from vitkit.train.finetune import replace_head
 from vitkit.weights import save_vitkit
 
@@ -86,3 +87,9 @@ def test_bad_model_arguments_are_user_errors_and_bugs_are_not():
         vitkit.create_model("vit_mini_patch4_28", num_heads=5)
     with pytest.raises(VitkitError, match="unknown model"):
         vitkit.create_model("vit_enormous_patch3_1")
+
+
+@pytest.mark.parametrize("name, gflops", [("vit_base_patch16_224", 35.13), ("swin_tiny_patch4_window7_224", 8.98)])
+def test_flops_are_counted_on_the_meta_device(name, gflops):
+    """ViT-B/16: timm's 17.6 GMACs less the last block's patch tokens, which vitkit skips (~6%)."""
+    assert model_flops(name) / 1e9 == pytest.approx(gflops, rel=0.065)

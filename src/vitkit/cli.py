@@ -149,8 +149,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output (else refused)")
-    p.add_argument("--epochs", type=int, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--epochs", type=int, help="passes over the training set (default: enough for 600 optimiser "
+                   "steps, at least 10)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes (default: "
+                   "about 50 steps an epoch, 32 to 256)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay")
     p.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine decay")
@@ -383,20 +385,23 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_model_spec, list_models, model_param_count
+    from .models import get_model_spec, list_models, model_flops, model_param_count
+    from .progress import progress
 
     if args.pretrained:
         return _list_pretrained(args.pattern, args.json)
     names = list_models(args.pattern)
     if not names:
         raise VitkitError(f"no model matches {args.pattern!r}")
+    flops = {n: model_flops(n) for n in progress(names, desc="counting FLOPs")} if args.flops else {}
     rows = [(n, model_param_count(n), get_model_spec(n).input_size) for n in names]
     if args.json:
-        print(json.dumps([{"name": n, "params": p, "input_size": list(s)} for n, p, s in rows]))
+        print(json.dumps([{"name": n, "params": p, "input_size": list(s), **({"gflops": flops[n] / 1e9} if flops else {})}
+                          for n, p, s in rows]))
         return 0
-    print(f"{'model':32s} {'params':>12s}  input")
+    print(f"{'model':36s} {'params':>12s}  {'input':9s}" + (f" {'GFLOPs':>8s}" if flops else ""))
     for n, p, s in rows:
-        print(f"{n:32s} {p:12,d}  {s[0]}x{s[1]}x{s[2]}")
+        print(f"{n:36s} {p:12,d}  {s[0]}x{s[1]}x{s[2]:<5d}" + (f" {flops[n] / 1e9:8.3f}" if flops else ""))
     return 0
 
 
@@ -427,6 +432,8 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'vit_base*'")
     p.add_argument("--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name "
                    "(timm's ARCHITECTURE.TAG, on the Hugging Face Hub as timm/ARCHITECTURE.TAG)")
+    p.add_argument("--flops", action="store_true", help="also count each model's GFLOPs per image (a multiply-add "
+                   "is 2), on the meta device: no weights needed, a second or so per model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

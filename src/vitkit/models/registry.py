@@ -96,6 +96,22 @@ def model_param_count(name: str, **overrides: Any) -> int:
         return count_params(create_model(name, weight_init="skip", **overrides))
 
 
+def model_flops(name: str, **overrides: Any) -> int:
+    """Floating-point operations of one image's eval-mode forward pass (a multiply-add counts 2), by
+    ``torch.utils.flop_counter`` on the meta device: no weights, no time spent computing. It counts
+    what vitkit runs (a ViT's last block on its [class] token only), the survey's point being that
+    FLOPs alone predict latency badly: the benchmarks time the models too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .spec import input_geometry
+    with torch.device("meta"):
+        model = create_model(name, weight_init="skip", **overrides).eval()
+        chans, size = input_geometry(model)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(1, chans, size, size))
+    return counter.get_total_flops()
+
+
 # --- the paper's sizes (Table 1), plus Ti and S from DeiT ------------------------------
 VIT_SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
