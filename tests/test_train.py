@@ -265,8 +265,8 @@ def test_a_null_override_switches_a_recipe_option_off(tmp_path):
     recipe.write_text("ema_decay: 0.999\nclip_grad: 1.0\nrandaugment: rand-m9\n")
     cfg = TrainConfig.from_sources(recipe, ema_decay=None, clip_grad=None, randaugment=None)
     assert (cfg.ema_decay, cfg.clip_grad, cfg.randaugment) == (None, None, None)
-    with pytest.raises(VitkitError, match="epochs cannot be null"):
-        TrainConfig.from_sources(recipe, epochs=None)
+    with pytest.raises(VitkitError, match="lr cannot be null"):
+        TrainConfig.from_sources(recipe, lr=None)
 
 
 def test_model_kwargs_given_on_the_command_line_add_to_the_recipes(tmp_path):

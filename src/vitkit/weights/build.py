@@ -26,7 +26,7 @@ from ..models import (DistilledVisionTransformer, VisionTransformer, create_mode
 from ..models.layers import to_2tuple
 from .checkpoint import Checkpoint
 from .files import StateDict
-from .infer import default_num_heads, infer_kwargs, pos_embed_prefix
+from .infer import default_num_heads, infer_kwargs
 from .resample import resample_patch_embed
 from .timm import is_timm
 
@@ -99,8 +99,8 @@ def _build_vit(ckpt: Checkpoint, name: str | None, base: dict[str, Any], overrid
         warnings.warn(f"{ckpt.source}: the weights do not store the number of attention heads; assuming "
                       f"{kwargs['num_heads']} ({reason}). If that is wrong the logits are too: pass a model "
                       "name or num_heads (vitkit finetune: --set 'model_kwargs={num_heads: N}')", stacklevel=2)
-    model = _construct(name, kwargs, ckpt.source)
-    sd = fit_state_dict(ckpt, native, kwargs, model.patch_embed.grid_size, _native_grid(name, native, kwargs))
+    model = _construct(name, kwargs, ckpt.source, distilled="dist_token" in ckpt.state_dict)
+    sd = fit_state_dict(ckpt, native, kwargs, model, _native_grid(name, native, kwargs))
     load_strict(model, sd, ckpt.source, optional=HEADS if "head.weight" not in sd else ())
     return model
 
@@ -126,9 +126,9 @@ def _check_name_fits(source: str, name: str, base: dict[str, Any], found: dict[s
                       "weights'); building the weights' model with the name's layers", stacklevel=4)
 
 
-def _construct(name: str | None, kwargs: dict[str, Any], source: str) -> nn.Module:
-    """The named model, or without a name the class the tensors call for (``dist_head``: DeiT's distilled ViT)."""
-    distilled = "dist_head" in kwargs
+def _construct(name: str | None, kwargs: dict[str, Any], source: str, distilled: bool = False) -> nn.Module:
+    """The named model, or without a name the class the tensors call for (a ``dist_token``: DeiT's distilled ViT)."""
+    distilled = distilled or "dist_head" in kwargs
     if name and distilled and not _builds_distilled(name):
         raise VitkitError(f"{source}: the weights are a distilled DeiT (dist_token) but {name} is not; "
                           "use a deit_*_distilled_* name or none")
@@ -163,9 +163,9 @@ def _native_grid(name: str | None, native: dict[str, Any], kwargs: dict[str, Any
     return model.patch_embed.grid_size
 
 
-def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any], new_grid: tuple[int, int],
+def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, Any], model: VisionTransformer,
                    old_grid: tuple[int, int] | None) -> StateDict:
-    """The checkpoint's tensors, resampled to the requested patch size and grid, head dropped if resized."""
+    """The checkpoint's tensors, resampled to the model's patch size and grid, head dropped if resized."""
     sd = _without_head(ckpt.state_dict, native.get("num_classes", 0), kwargs.get("num_classes", 0))
     patch = to_2tuple(kwargs["patch_size"])
     if patch != to_2tuple(native["patch_size"]):
@@ -173,7 +173,7 @@ def fit_state_dict(ckpt: Checkpoint, native: dict[str, Any], kwargs: dict[str, A
             raise VitkitError(f"{ckpt.source}: this model's patch embedding is not a conv; it cannot be resampled "
                               f"from patch size {native['patch_size']} to {kwargs['patch_size']}")
         sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], patch)
-    prefix = pos_embed_prefix(sd, kwargs.get("no_embed_class"))  # kept apart from the grid when resampling
+    prefix, new_grid = model.pos_embed_prefix, model.patch_embed.grid_size  # the model built has the file's layout
     old_grid = _checked_grid(sd, old_grid, prefix, ckpt.source)
     if old_grid is None:  # not square and the file does not say: the requested size must match
         old_grid = new_grid
