@@ -116,7 +116,7 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: {\"status\": \"ok\"}")
+    @app.get("/health", summary="Liveness: {\"status\": \"ok\"}")
     async def health() -> Response:
         return _json({"status": "ok"})
 
@@ -134,7 +134,7 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "file": {"type": "string", "format": "binary"}}}}}}}
 
-    @app.api_route("/predict", methods=["POST", "PUT"], openapi_extra=image_body,
+    @app.post("/predict", openapi_extra=image_body,
                    summary="The image's top classes (the body is the image file, or a form holding it)")
     async def predict(request: Request, name: str | None = None, topk: str | None = None,
                       explain: str | None = None) -> Response:
@@ -157,7 +157,7 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
             out["explanation"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return _json(out)
 
-    @app.api_route("/explain", methods=["POST", "PUT"], openapi_extra=image_body,
+    @app.post("/explain", openapi_extra=image_body,
                    response_class=Response, responses={200: {"content": {"image/png": {}}}},
                    summary="A PNG: the image beside its attention-rollout overlay")
     async def explain(request: Request, name: str | None = None) -> Response:
@@ -167,7 +167,9 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         image = await _decoded(decode, data, name)
         return Response(await batcher.call(predictor.explain_png, image), media_type="image/png")
 
-    for path in ("/predict", "/explain"):
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # health checks
+    for path, route in (("/predict", predict), ("/explain", explain)):
+        app.add_api_route(path, route, methods=["PUT"], include_in_schema=False)  # curl -T image.jpg
         app.add_api_route(path, _post_only(path), methods=["GET"], include_in_schema=False)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

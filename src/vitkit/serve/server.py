@@ -100,8 +100,9 @@ class _Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: a free one; an IPv6 host: an IPv6 socket)."""
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one; an IPv6 host: an IPv6 socket): clients
+    may connect at once and wait in the backlog while the model loads."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -109,6 +110,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:  # port taken, address not local, ...
         sock.close()
         raise VitkitError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -125,13 +127,12 @@ def serve(model: ModelSource, settings: ServeSettings, options: ServerOptions,
           announce: Callable[[int], None] = lambda port: None) -> None:
     """Load the model, listen, call ``announce(port)`` and serve until Ctrl-C (SIGINT) or SIGTERM."""
     predictor = load_predictor(**asdict(model))  # also in the parent of workers: a bad checkpoint fails here, once
-    sock = bind(options.host, options.port)
+    sock = bind(options.host, options.port, options.backlog)
     port = sock.getsockname()[1]
     try:
         if options.workers == 1:
             predictor.warm_up((1, settings.max_batch))
-            server = uvicorn.Server(make_config(create_app(predictor, settings), options))
-            announce(port)
+            server = _AnnouncingServer(make_config(create_app(predictor, settings), options), lambda: announce(port))
             try:
                 server.run(sockets=[sock])
             except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
@@ -141,6 +142,19 @@ def serve(model: ModelSource, settings: ServeSettings, options: ServerOptions,
         _serve_workers(model, settings, options, sock, announce)
     finally:
         sock.close()
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, calling ``announce()`` once it answers (and handles Ctrl-C)."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]):
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.announce()
 
 
 def _serve_workers(model: ModelSource, settings: ServeSettings, options: ServerOptions, sock: socket.socket,
@@ -166,3 +180,30 @@ def worker_app():
     predictor = load_predictor(**spec["model"])
     predictor.warm_up((1, settings.max_batch))
     return create_app(predictor, settings)
+
+
+class running:  # noqa: N801 - used as a context manager, like open()
+    """Serve ``app`` on a thread of this process while the ``with`` block runs (tests, notebooks):
+    ``with running(app) as url: ...``; port 0 in ``options`` picks a free port."""
+
+    def __init__(self, app, options: ServerOptions = ServerOptions(port=0)):
+        import threading
+
+        self.sock = bind(options.host, options.port, options.backlog)
+        self.server = uvicorn.Server(make_config(app, options))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        while not self.server.started and self.thread.is_alive():
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
