@@ -141,10 +141,14 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         start = time.perf_counter()
         k = _topk(topk, predictor.topk)
         want_explain = (explain or "0").lower() in ("1", "true", "yes")
-        name, data = await _upload(request, name, settings)
         if want_explain and predictor.model is None:
             raise ApiError(400, "this checkpoint has no attention layers to explain (a CNN?)")
-        image = await _decoded(decode, data, name)
+        batcher.incoming += 1  # tells the batcher that an image is on its way
+        try:
+            name, data = await _upload(request, name, settings)
+            image = await _decoded(decode, data, name)
+        finally:
+            batcher.incoming -= 1
         try:
             top = await batcher.submit(image, k)
         except QueueFull:
