@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"vitkit serve did not start: {line}{self.proc.stderr.read()}")
         self.port = int(match[1])
+        self.log: list[str] = []  # what it says later (read, or a full pipe would block its writes)
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its worker processes, MB."""
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                     result.setdefault("workers", {})[str(workers)] = row
             finally:
                 server.stop()
+                result.setdefault("server_log", []).extend(server.log[-20:])
         if "demo" in result:
             result.setdefault("workers", {})["1"] = next(r for r in result["demo"]["levels"] if r["clients"] == 32) \
                 if 32 in args.levels else None

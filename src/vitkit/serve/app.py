@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import VitkitError
 from .batching import Batcher, QueueFull
@@ -143,9 +144,9 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         want_explain = (explain or "0").lower() in ("1", "true", "yes")
         if want_explain and predictor.model is None:
             raise ApiError(400, "this checkpoint has no attention layers to explain (a CNN?)")
-        batcher.incoming += 1  # tells the batcher that an image is on its way
+        name, data = await _upload(request, name, settings)
+        batcher.incoming += 1  # an image on its way (a body still arriving, maybe never, is not counted)
         try:
-            name, data = await _upload(request, name, settings)
             image = await _decoded(decode, data, name)
         finally:
             batcher.incoming -= 1
@@ -233,6 +234,9 @@ async def read_body(request: Request, name: str, max_body: int, timeout: float) 
                     chunks.append(chunk)
                 elif size > DRAIN_BYTES:
                     break
+    except ClientDisconnect:  # it left mid-upload: nobody reads the answer, but it is counted
+        raise ApiError(400, f"{name}: the client closed the connection mid-upload", "disconnected",
+                       close=True) from None
     except asyncio.TimeoutError:
         raise ApiError(408, f"{name}: the upload did not arrive within {timeout:g} s", "timeout",
                        close=True) from None

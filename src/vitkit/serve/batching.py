@@ -54,7 +54,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._last_size = 0
         self.incoming = 0
-        """Requests being read or decoded, which will be submitted soon (the app counts them)."""
+        """Uploads being decoded, which will be submitted soon (the app counts them)."""
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vitkit-model")
 
     async def start(self) -> None:

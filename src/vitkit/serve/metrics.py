@@ -39,7 +39,7 @@ class Metrics:
         self.batch_seconds = Histogram("vitkit_batch_seconds", "Time of each batch's forward pass",
                                        buckets=LATENCY_BUCKETS, **kw)
         self.errors = Counter("vitkit_errors", "Requests refused or failed, by kind (bad_upload, too_large, "
-                              "timeout, queue_full, internal)", ["kind"], **kw)
+                              "timeout, disconnected, queue_full, internal)", ["kind"], **kw)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
