@@ -3,8 +3,8 @@
 A CPU classifies 20-30x more images per second in a batch than one at a time, so requests are not
 run as they come: each decoded image waits in a bounded queue, and one model thread takes up to
 ``max_batch`` of them at once. The first image of a batch waits at most ``max_wait_ms`` for others
-to join (not when a lone client is being served: no one else is sending, so the wait would only add
-to its latency); while the model is busy, the images that arrive meanwhile form the next batch at once.
+to join, and only while other uploads are being decoded (with no one else on the way, the wait would
+only add latency); while the model is busy, the images that arrive meanwhile form the next batch at once.
 Past ``max_queue`` waiting images a request is refused (:class:`QueueFull`, a 503) rather than
 queued behind more work than the server can do in a reasonable time.
 """
@@ -52,7 +52,6 @@ class Batcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._last_size = 0
         self.incoming = 0
         """Uploads being decoded, which will be submitted soon (the app counts them)."""
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vitkit-model")
@@ -126,12 +125,11 @@ class Batcher:
                 batch.append(queue.get_nowait())
                 continue
             left = deadline - time.perf_counter()
-            if left <= 0 or (self.incoming == 0 and self._last_size <= 1):  # a lone client: run it now
+            if left <= 0 or self.incoming == 0:  # no one else is on the way: waiting would only add latency
                 break
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
             except asyncio.TimeoutError:
                 break
-        self._last_size = len(batch)
         return batch
