@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import json
 import os
@@ -264,8 +265,8 @@ async def soak(server: Server, args, images: list[bytes]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--levels", default="1,2,4,8,16,32,64", help="concurrent clients, comma-separated")
-    ap.add_argument("--requests", type=int, default=600, help="requests per level (at most)")
-    ap.add_argument("--level-seconds", type=float, default=15.0, help="seconds per level (at most)")
+    ap.add_argument("--requests", type=int, default=3000, help="requests per level (at most)")
+    ap.add_argument("--level-seconds", type=float, default=10.0, help="seconds per level (at most)")
     ap.add_argument("--stalled", type=int, default=40, help="stalled clients during the 64-client run")
     ap.add_argument("--soak-seconds", type=float, default=0, help="a soak at 32 clients (0: none)")
     ap.add_argument("--workers", default="1,2", help="--workers values to compare at 32 clients")
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="serve_load.json")
     args = ap.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
+    gc.disable()  # the generator's own pauses would count as the server's latency
     try:
         import uvloop
         uvloop.install()  # the generator's own overhead, kept small
