@@ -266,6 +266,18 @@ def test_stalled_clients_are_dropped_and_hold_nothing_up(checkpoint):
         assert silent.recv(4096) == b""  # closed after the header timeout
         for s in idle + [silent]:
             s.close()
+        leaving = raw_connection(url)  # a client that leaves mid-upload is counted, not a server error
+        leaving.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        time.sleep(0.1)
+        leaving.close()
+        for _ in range(100):
+            text = call(url + "/metrics")[1].decode()
+            if metric(text, 'vitkit_errors_total{kind="disconnected"}') == 1:
+                break
+            time.sleep(0.02)
+        assert metric(text, 'vitkit_errors_total{kind="disconnected"}') == 1
+        assert metric(text, 'vitkit_errors_total{kind="timeout"}') == 40
+        assert metric(text, 'vitkit_errors_total{kind="internal"}') == 0
 
 
 @pytest.mark.slow
