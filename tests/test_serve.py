@@ -300,6 +300,27 @@ def test_the_serve_command_listens_and_stops(served):
         assert proc.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
+def test_workers_share_the_port_and_their_metrics_are_summed(served):
+    """`--workers 2`: two processes answer on one port; /metrics counts the requests of both."""
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(served[3]), "--port", "0",
+                             "--precision", "fp32", "--workers", "2"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        url = proc.stderr.readline().split()[3].rstrip("/")
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # a full pipe would block the server
+        with ThreadPoolExecutor(8) as pool:
+            codes = [code for code, _ in pool.map(lambda i: call(url + "/predict", noise_png(i)), range(16))]
+        assert codes == [200] * 16
+        text = call(url + "/metrics")[1].decode()
+        assert metric(text, 'vitkit_requests_total{route="/predict",status="200"}') == 16
+        assert metric(text, "vitkit_batch_size_sum") == 16
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
 def test_a_port_out_of_range_is_refused_before_loading_anything(capsys):
     from vitkit.cli import main
     with pytest.raises(SystemExit) as e:
