@@ -20,14 +20,13 @@ import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import VitkitError
 from .app import ServeSettings, create_app
-from .predictor import Predictor, load_predictor
+from .predictor import load_predictor
 
 WORKER_ENV = "VITKIT_SERVE_WORKER"
 """How the parent tells each worker process what to load (JSON), since uvicorn spawns them afresh."""
