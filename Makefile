@@ -21,6 +21,8 @@ setup-test: $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
+	@if ! command -v chromedriver >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; fi  # tests/test_serve_browser.py
 
 # Fashion-MNIST from Debian when we may install packages; otherwise vitkit downloads it (with MD5 checks).
 data:

@@ -325,30 +325,43 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .data.images import max_image_pixels
-    from .inference.predict import load_classifier
-    from .serve import Predictor, make_server
+    from .serve import ModelSource, ServerOptions, ServeSettings, serve
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: refused now, not in every request's answer
     onnx, source = _onnx_file(args), _source(args)
-    classifier, cfg, model = load_classifier(source, args.precision, onnx)
-    runtime = f"onnxruntime ({onnx.name})" if onnx else f"torch, {getattr(classifier, 'precision', args.precision)}"
-    predictor = Predictor(classifier, cfg, source, runtime, args.topk, model)
-    try:
-        server = make_server(predictor, args.host, args.port)
-    except OSError as e:  # port taken, address not local, ...
-        raise VitkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from e
-    predictor.warm_up()
+    model = ModelSource(source, args.precision, str(onnx) if onnx else None, args.topk)
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                             body_timeout=args.timeout)
+    options = ServerOptions(args.host, args.port, args.workers, header_timeout=args.timeout,
+                            max_connections=args.max_connections)
     host = {"0.0.0.0": "<this machine>", "::": "<this machine>"}.get(args.host, args.host)
     host = f"[{host}]" if ":" in host else host
-    print(f"serving {source} at http://{host}:{server.server_port}/  (POST /predict with an image "
-          "as the body; Ctrl-C stops)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+
+    def announce(port: int) -> None:
+        print(f"serving {source} at http://{host}:{port}/  (POST /predict with an image as the body; API docs "
+              "at /docs; Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    serve(model, settings, options, announce)
     return 0
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0 (milliseconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0 (seconds)."""
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -358,6 +371,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     p.add_argument("--topk", type=_positive_int, default=5, help="default top-k of /predict (?topk=K overrides)")
     _add_runtime_options(p)
+    p.add_argument("--max-batch", type=_positive_int, default=32,
+                   help="most images per forward pass: concurrent requests are classified together")
+    p.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0,
+                   help="how long the first image of a batch waits for others to join (default 5)")
+    p.add_argument("--max-queue", type=_positive_int, default=256,
+                   help="images waiting for the model before a request is answered 503 (default 256)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes, each with its own model on 1/N of the cores (1 is fastest on 2 cores; "
+                   "see docs/serving.md)")
+    p.add_argument("--timeout", type=_positive_float, default=10.0,
+                   help="seconds a client may take to send a request's headers, and again its body (default 10)")
+    p.add_argument("--max-connections", type=_positive_int, default=1024,
+                   help="open connections at once; past it a 503 at once (default 1024)")
     p.set_defaults(func=cmd_serve)
 
 
