@@ -8,6 +8,7 @@ after epoch k and resumed ends exactly where the uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -35,7 +36,8 @@ from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_s
                          training_lock, unwrap)
 from .config import FEW_STEPS, TrainConfig
 from .losses import Teacher, TrainingLoss
-from .distributed import DistInfo, barrier, init_distributed, shutdown, wrap_distributed
+from .distributed import (DistInfo, barrier, full_state, init_distributed, load_full_state, shard_model, shutdown,
+                          wrap_distributed)
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
 from .finetune import body_to_eval, freeze_body, init_backbone, load_pretrained, replace_head
@@ -150,6 +152,12 @@ class Trainer:
             use_onednn_linears(self.model)  # 1.08-1.15x a step off Intel CPUs, same arithmetic
         if cfg.patch_drop_schedule and not hasattr(self.model, "set_patch_drop_rate"):
             raise VitkitError(f"{self.model_name}: patch_drop_schedule needs a ViT (patch tokens to drop)")
+        self.plain: nn.Module | None = None  # FSDP: rank 0's whole copy, which it evaluates and saves
+        self.gathered: tuple[dict[str, Any], dict[str, Any]] | None = None  # FSDP: the full state at epoch end
+        if cfg.fsdp:
+            self._check_fsdp()
+            self.plain = copy.deepcopy(self.model) if self.info.is_main else None
+            self.model = shard_model(self.model, self.device)
         self.augment, self.mixup = self._augmentation()
         self.teacher = self._teacher() if cfg.distill_from else None
         self.teacher_cache: torch.Tensor | None = None  # filled by fit() with distill_cache
@@ -174,6 +182,14 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
+
+    def _check_fsdp(self) -> None:
+        if not self.info.enabled:
+            raise VitkitError("fsdp shards the model over torchrun's processes: start the run with torchrun "
+                              "--nproc_per_node N -m vitkit train ..., or drop fsdp")
+        if self.cfg.ema_decay:
+            raise VitkitError("fsdp with ema_decay is not supported yet (the EMA would be a second sharded "
+                              "model); drop one of them")
 
     def _settled(self, cfg: TrainConfig) -> TrainConfig:
         """What the recipe left to vitkit, decided from the data: batch size and epochs (counted in
@@ -274,7 +290,9 @@ class Trainer:
     @property
     def run_model(self) -> nn.Module:
         """The model the run produces: the EMA of the weights when enabled, else the trained weights."""
-        return self.ema.module if self.ema is not None else unwrap(self.model)
+        if self.ema is not None:
+            return self.ema.module
+        return self.plain if self.cfg.fsdp else unwrap(self.model)
 
     @property
     def model_name(self) -> str:
@@ -286,8 +304,13 @@ class Trainer:
             raise VitkitError(f"{self.out / STATE_NAME}: the run was trained {'with' if 'ema' in state else 'without'}"
                               f" an EMA of the weights; resume it with the same ema_decay setting")
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.cfg.fsdp:  # the full dicts, sharded again (ranks may number differently than before)
+                load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+                if self.plain is not None:
+                    self.plain.load_state_dict(state["model"])
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             if self.scaler is not None and "scaler" in state:  # a run resumed in fp16 from bf16 starts afresh
@@ -429,8 +452,8 @@ class Trainer:
         write_text(self.out / "metrics.jsonl", lines)
         plot_curves(self.progress["history"], self.out / "curves.png")
         # Written last: once this lands, the epoch is complete on disk.
-        save_train_state(self.out, {"model": unwrap(self.model).state_dict(),
-                                    "optimizer": self.optimizer.state_dict(), "progress": self.progress,
+        weights, moments = self.gathered or (unwrap(self.model).state_dict(), self.optimizer.state_dict())
+        save_train_state(self.out, {"model": weights, "optimizer": moments, "progress": self.progress,
                                     "config": self.cfg.to_dict(),
                                     **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                                     **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
@@ -480,6 +503,8 @@ class Trainer:
                 raise
             seconds = time.perf_counter() - start
             self.progress["train_seconds"] += seconds
+            if self.cfg.fsdp:
+                self._gather()
             if self.info.is_main:
                 with self._run_folder_errors(done=epoch):
                     self._save_epoch(epoch, train_loss, self.evaluate(), seconds)
@@ -489,6 +514,14 @@ class Trainer:
         barrier(self.info)
         shutdown(self.info)
         return result
+
+    def _gather(self) -> None:
+        """FSDP: every rank gathers the full weights and optimiser state (a collective); rank 0 loads
+        them into its whole copy, which it then evaluates and saves as one process would."""
+        gathered = full_state(self.model, self.optimizer)
+        if self.plain is not None:
+            self.plain.load_state_dict(gathered[0])
+            self.gathered = gathered
 
     def final_report(self, wall_seconds: float) -> dict[str, Any]:
         """eval.json + confusion.png for the last model on the test split."""
