@@ -582,6 +582,28 @@ def add_samples(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_samples)
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .data.shards import write_shards
+
+    for split in args.splits:
+        ds = load_dataset(args.dataset, split, data_dir=args.data_dir)
+        files = write_shards(ds, args.out, split, args.shard_size)
+        print(f"{split}: {len(ds)} images in {len(files)} shard(s) -> {args.out}")
+    return 0
+
+
+def add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shards", help="write a dataset as WebDataset .tar shards (train then with --dataset "
+                       "shards:DIR)")
+    p.add_argument("--dataset", required=True, help="fashion-mnist | digits | folder:PATH")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--out", required=True, help="folder for the .tar shards and _info.json")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "val", "test", "all"])
+    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="images per shard")
+    p.set_defaults(func=cmd_shards)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .weights import convert
 
@@ -606,7 +628,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train, add_finetune, add_eval, add_predict, add_serve, add_export, add_explain, add_models, add_samples,
-    add_convert]
+    add_shards, add_convert]
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -123,5 +123,7 @@ def make_loader(ds: ImageDataset, batch_size: int, *, shuffle: bool, seed: int =
     if isinstance(ds, InMemoryDataset):
         return TensorBatches(ds, batch_size, sampler, drop_last, pin_memory)
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    # its own generator: a DataLoader otherwise draws its workers' seed from the global RNG, which would shift
+    # every augmentation draw after it (a streamed dataset would then train differently from the same data in memory)
     return WorkerLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch))
