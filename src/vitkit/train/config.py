@@ -205,8 +205,9 @@ class TrainConfig:
             return str(Path(path).expanduser().resolve())
 
         dataset = self.dataset
-        if dataset.startswith("folder:"):
-            dataset = "folder:" + absolute(dataset[len("folder:"):])
+        for prefix in ("folder:", "shards:"):
+            if dataset.startswith(prefix):
+                dataset = prefix + absolute(dataset[len(prefix):])
         return dataclasses.replace(self, dataset=dataset, data_dir=absolute(self.data_dir),
                                    init_from=absolute(self.init_from), backbone_from=absolute(self.backbone_from),
                                    distill_from=absolute(self.distill_from))
