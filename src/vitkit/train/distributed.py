@@ -105,15 +105,6 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     return get_state_dict(model, optimizer, options=_options())
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any],
-                    optimizer_state: dict[str, Any]) -> None:
-    """:func:`full_state`'s dicts back into a sharded model and its optimiser (every rank calls it)."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                   options=_options())
-
-
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -36,8 +36,7 @@ from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_s
                          training_lock, unwrap)
 from .config import FEW_STEPS, TrainConfig
 from .losses import Teacher, TrainingLoss
-from .distributed import (DistInfo, barrier, full_state, init_distributed, load_full_state, shard_model, shutdown,
-                          wrap_distributed)
+from .distributed import DistInfo, barrier, full_state, init_distributed, shard_model, shutdown, wrap_distributed
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
 from .finetune import body_to_eval, freeze_body, init_backbone, load_pretrained, replace_head
@@ -300,17 +299,15 @@ class Trainer:
         return spec_of(unwrap(self.model)).name
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if self.cfg.fsdp:  # loading full dicts into sharded weights hung under gloo in torch 2.13: not yet offered
+            raise VitkitError(f"{self.out}: resuming an FSDP run is not supported yet; its model.safetensors loads "
+                              f"in one process (eval, predict, finetune --checkpoint {self.out})")
         if (self.ema is not None) != ("ema" in state):
             raise VitkitError(f"{self.out / STATE_NAME}: the run was trained {'with' if 'ema' in state else 'without'}"
                               f" an EMA of the weights; resume it with the same ema_decay setting")
         try:
-            if self.cfg.fsdp:  # the full dicts, sharded again (ranks may number differently than before)
-                load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
-                if self.plain is not None:
-                    self.plain.load_state_dict(state["model"])
-            else:
-                self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             if self.scaler is not None and "scaler" in state:  # a run resumed in fp16 from bf16 starts afresh
