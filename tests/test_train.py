@@ -248,7 +248,7 @@ def test_recipe_values_of_the_wrong_type_are_named(values, message):
     assert TrainConfig.from_dict({"warmup_epochs": 1, "clip_grad": None}).warmup_epochs == 1  # ints are numbers
 
 @pytest.mark.parametrize("bad, message", [(dict(epochs=0), "epochs must be positive"),
-                                          (dict(precision="fp16"), "precision must be auto, fp32 or bf16")])
+                                          (dict(precision="fp8"), "precision must be auto, fp32, bf16 or fp16")])
 def test_a_config_built_in_python_is_checked_by_train(tmp_path, bad, message):
     with pytest.raises(VitkitError, match=message):
         train(TrainConfig(dataset="digits", output=str(tmp_path / "r"), **bad))

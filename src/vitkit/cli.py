@@ -70,7 +70,7 @@ def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
                  seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path_rate, workers=args.workers,
-                 distill_from=args.distill_from, distill=args.distill, **more)
+                 distill_from=args.distill_from, distill=args.distill, device=args.device, **more)
     sets = _parse_set(args.set)
     twice = [k for k in sets if flags.get(k) is not None]
     if twice:
@@ -161,8 +161,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="stochastic depth rate of the last block")
     p.add_argument("--img-size", type=int, help="input size; position embeddings are resampled to it "
                    "(default: the model's own)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where the CPU "
-                   "has bf16 units")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 autocast where the "
+                   "CPU or GPU has bf16 units; on other GPUs fp16 autocast with a loss scaler")
+    _add_device(p, default=None)
     p.add_argument("--seed", type=int, help="weights, data order and augmentation")
     p.add_argument("--workers", type=int, help="data-loading processes for image folders")
     p.add_argument("--distill-from", metavar="TEACHER", help="teacher checkpoint for DeiT distillation (a vitkit "
@@ -207,6 +208,12 @@ def _beside(source: str, suffix: str) -> Path:
     return Path(_hub_ref(source).name + suffix)
 
 
+def _add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    from .device import DEVICE_HELP
+
+    p.add_argument("--device", default=default, metavar="DEVICE", help=DEVICE_HELP)
+
+
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     from .allocator import keep_freed_memory
@@ -217,7 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     keep_freed_memory()
     source = _source(args)
     metrics = evaluate_checkpoint(source, args.dataset, args.split, data_dir=args.data_dir,
-                                  precision=args.precision, batch_size=args.batch_size, flip_tta=args.flip_tta)
+                                  precision=args.precision, batch_size=args.batch_size, flip_tta=args.flip_tta,
+                                  device=args.device)
     out = Path(args.out) if args.out else _beside(source, "-eval") if args.model else _default_eval_out(Path(source))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics)
@@ -248,7 +256,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                    help="val is the held-out part (the test split for fashion-mnist and digits); all: every image "
                    "of a folder (default: test, or all for a folder of class folders the model did not train on)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+    _add_device(p)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto", "fp16"],
                    help="as vitkit predict and serve run the model (prepare_for_inference): bf16 weights or int8 "
                    "linears are faster and move top-1 by ~0.1 points; measure it here (default fp32, the reference)")
     p.add_argument("--out", help="folder for eval.json and confusion.png (default CHECKPOINT/eval, or NAME-eval "
@@ -269,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
     keep_freed_memory()  # big batches then run whole, faster than in slices (see slice_size)
-    classifier, cfg, _ = load_classifier(_source(args), args.precision, _onnx_file(args))
+    classifier, cfg, _ = load_classifier(_source(args), args.precision, _onnx_file(args), device=args.device)
     paths = expand_inputs(args.inputs)
     bar = progress(total=len(paths), disable=len(paths) < 2 * args.batch_size, unit="img")
     results = list(predict_files(classifier, paths, cfg, args.topk, args.batch_size, on_batch=bar.update))
@@ -303,8 +312,10 @@ def _onnx_file(args: argparse.Namespace) -> Path | None:
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
-                   help="auto: bf16 where the CPU has bf16 units (logits within ~1%% of fp32), else fp32")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                   help="auto: bf16 where the CPU or GPU has bf16 units (logits within ~1%% of fp32), else fp32 "
+                   "(CPU) or fp16 (GPU)")
+    _add_device(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: run CHECKPOINT/model.onnx (made by `vitkit export`) with ONNX Runtime")
     p.add_argument("--onnx", metavar="FILE", help="the ONNX file to run (implies --runtime onnx; default "
@@ -329,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: refused now, not in every request's answer
     onnx, source = _onnx_file(args), _source(args)
-    model = ModelSource(source, args.precision, str(onnx) if onnx else None, args.topk)
+    model = ModelSource(source, args.precision, str(onnx) if onnx else None, args.topk, args.device)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                              body_timeout=args.timeout)
     options = ServerOptions(args.host, args.port, args.workers, header_timeout=args.timeout,
@@ -491,8 +502,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .weights import load_checkpoint
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
+    from .device import resolve_device
+
     source = _source(args)
     model, cfg = load_checkpoint(source)
+    args.device = resolve_device(args.device)
+    model = model.to(args.device)  # the images follow it there; figures come back to the CPU
     if not hasattr(model, "blocks"):
         raise VitkitError(f"{source}: explain draws a Vision Transformer's attention; this checkpoint "
                           f"holds a {type(model).__name__}")
@@ -524,7 +539,7 @@ def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argpars
         for x, _ in make_loader(ds, min(64, args.limit), shuffle=True, seed=0):
             if left <= 0:
                 return
-            yield normalize(x[:left], cfg["mean"], cfg["std"])
+            yield normalize(x[:left].to(args.device), cfg["mean"], cfg["std"])
             left -= len(x)
 
     dist = attention_distance_figure(model, batches(), out / "attention_distance.png")
@@ -544,7 +559,8 @@ def _explain_images(model: torch.nn.Module, cfg: dict, args: argparse.Namespace,
         raise VitkitError("give image files or folders to explain, or --figure attention-distance|embeddings")
     requested = expand_inputs(args.images)
     paths, batch, originals = _load_images(requested, cfg)
-    result = explain_images(model, normalize(batch, cfg["mean"], cfg["std"]), originals, [str(p) for p in paths],
+    batch = normalize(batch.to(args.device), cfg["mean"], cfg["std"])
+    result = explain_images(model, batch, originals, [str(p) for p in paths],
                             cfg["classes"], out, token=args.token, head_fusion=args.head_fusion)
     print(f"report: {result['report']}")
     return 0 if len(paths) == len(requested) else 1
@@ -566,6 +582,7 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
                    "distilled model's distillation token (default: what the head reads)")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
                    help="how rollout combines the heads of a layer")
+    _add_device(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -589,6 +606,28 @@ def add_samples(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     p.add_argument("--out", required=True, help="folder for the PNG files (named <index>_<class>.png)")
     p.set_defaults(func=cmd_samples)
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .data.shards import write_shards
+
+    for split in args.splits:
+        ds = load_dataset(args.dataset, split, data_dir=args.data_dir)
+        files = write_shards(ds, args.out, split, args.shard_size)
+        print(f"{split}: {len(ds)} images in {len(files)} shard(s) -> {args.out}")
+    return 0
+
+
+def add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shards", help="write a dataset as WebDataset .tar shards (train then with --dataset "
+                       "shards:DIR)")
+    p.add_argument("--dataset", required=True, help="fashion-mnist | digits | folder:PATH")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--out", required=True, help="folder for the .tar shards and _info.json")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "val", "test", "all"])
+    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="images per shard")
+    p.set_defaults(func=cmd_shards)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -615,7 +654,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train, add_finetune, add_eval, add_predict, add_serve, add_export, add_explain, add_models, add_samples,
-    add_convert]
+    add_shards, add_convert]
 
 
 class _HelpFormatter(argparse.HelpFormatter):

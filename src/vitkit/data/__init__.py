@@ -41,7 +41,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 """(mean, std) per channel, in the dataset's own channel count; folders use "imagenet"."""
 
-DATASETS = ("fashion-mnist", "digits", "folder:PATH")
+DATASETS = ("fashion-mnist", "digits", "folder:PATH", "shards:PATH")
 SPLITS = ("train", "test", "val", "all")  # "all": every image of a folder, unsplit
 
 
@@ -63,6 +63,9 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
         raise VitkitError(f"in_chans must be 1 or 3, got {in_chans}")
     if img_size is not None and img_size < 1:
         raise VitkitError(f"img_size must be positive, got {img_size}")
+    if spec.startswith("shards:"):  # WebDataset .tar shards written by `vitkit shards`
+        from .shards import ShardDataset
+        return ShardDataset(spec[len("shards:"):], split, in_chans=in_chans, img_size=img_size)
     if spec.startswith("folder:"):
         if not spec[len("folder:"):].strip():
             raise VitkitError("folder: needs the folder's path, e.g. folder:~/photos")

@@ -3,8 +3,9 @@
 timm applies these to one PIL image at a time in DataLoader workers; in-memory datasets here
 have no workers, so they run on the uint8 batch after loading, grouped so that each operation
 is one tensor call over the images that drew it. The distributions follow timm's (per-image
-draws, the same magnitudes and ranges), and every draw comes from torch's global RNG, so the
-trainer's per-epoch ``torch.manual_seed`` replays an epoch exactly.
+draws, the same magnitudes and ranges), and every draw comes from torch's global CPU RNG, so the
+trainer's per-epoch ``torch.manual_seed`` replays an epoch exactly, and a batch on a GPU gets the
+draws it would get on the CPU; only the pixels' work runs on the batch's device.
 
 kornia supplies the operations where it is about as fast as a short tensor version: equalize,
 contrast, solarize, invert (equalize is 10% faster on 28x28 batches, 25% slower on 224x224 ones).
@@ -78,8 +79,8 @@ class BatchAugment:
             if self.resized_crop_scale:
                 x = random_resized_crop(x, self.resized_crop_scale)
             if self.randaugment:
-                x = self.randaugment(x, fill=self._mean)
-            x = x.mul_(self._scale).add_(self._shift)  # in place: faster than a fused op into a new batch
+                x = self.randaugment(x, fill=self._mean.to(x.device))
+            x = x.mul_(self._scale.to(x.device)).add_(self._shift.to(x.device))  # in place: faster than a fused op into a new batch
         else:
             x = normalize(x, self.mean, self.std)  # one fused pass from uint8
         return random_erasing(x, self.reprob, self.remode) if self.reprob else x
@@ -142,7 +143,7 @@ def random_erasing(x: Tensor, prob: float, mode: str = "pixel", scale: tuple[flo
     top, left, bh, bw, found = random_boxes(b, h, w, scale, ratio, whole=False)
     erase = (torch.rand(b) < prob) & found
     for i, t, l, eh, ew in zip(*(v[erase].tolist() for v in (torch.arange(b), top, left, bh, bw))):
-        x[i, :, t:t + eh, l:l + ew] = torch.randn(c, eh, ew, dtype=x.dtype) if mode == "pixel" else 0.0
+        x[i, :, t:t + eh, l:l + ew] = torch.randn(c, eh, ew, dtype=x.dtype).to(x.device) if mode == "pixel" else 0.0
     return x
 
 
@@ -155,7 +156,8 @@ def _affine(x: Tensor, fill: Tensor | float | None, *coeffs: Tensor | float) -> 
     border instead, for crops that stay inside the image.
     """
     b = len(x)
-    theta = torch.stack([torch.as_tensor(c, dtype=x.dtype).expand(b) for c in coeffs], 1).view(b, 2, 3)
+    theta = torch.stack([torch.as_tensor(c, dtype=x.dtype, device=x.device).expand(b) for c in coeffs], 1)
+    theta = theta.view(b, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if fill is None:
         out = F.grid_sample(x, grid, mode=INTERPOLATION, padding_mode="border", align_corners=False)
@@ -235,7 +237,8 @@ class RandAugment:
             for k, name in enumerate(names):
                 idx = torch.nonzero(chosen & (choice == k)).squeeze(1)
                 if len(idx):
-                    x[idx] = apply_op(name, x[idx], level[idx], fill)
+                    idx_x = idx.to(x.device)
+                    x[idx_x] = apply_op(name, x[idx_x], level[idx].to(x.device), fill)
         return x
 
     def _levels(self, b: int) -> Tensor:
@@ -291,7 +294,7 @@ def _color(x: Tensor, factor: Tensor) -> Tensor:
     kornia's ``adjust_saturation_with_gray_subtraction``, which is the same blend."""
     if x.shape[1] == 1:
         return x
-    gray = (x * _LUMA).sum(1, keepdim=True)
+    gray = (x * _LUMA.to(x.device)).sum(1, keepdim=True)
     return gray.lerp(x, factor.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 

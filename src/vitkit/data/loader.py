@@ -66,8 +66,10 @@ class ShardSampler(Sampler[int]):
 class TensorBatches:
     """Batches of an in-memory dataset by direct tensor indexing; re-iterable, same order each time."""
 
-    def __init__(self, dataset: InMemoryDataset, batch_size: int, sampler: ShardSampler, drop_last: bool):
+    def __init__(self, dataset: InMemoryDataset, batch_size: int, sampler: ShardSampler, drop_last: bool,
+                 pin_memory: bool = False):
         self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, batch_size, sampler, drop_last
+        self.pin_memory = pin_memory  # page-locked batches: their copy to a GPU does not block the host
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -80,7 +82,8 @@ class TensorBatches:
         images, targets = self.dataset.images.numpy(), self.dataset.targets.numpy()
         for b in range(len(self)):
             i = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            yield torch.from_numpy(images.take(i, axis=0)), torch.from_numpy(targets.take(i))
+            batch = torch.from_numpy(images.take(i, axis=0)), torch.from_numpy(targets.take(i))
+            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
 
 class WorkerLoader(DataLoader):
@@ -104,19 +107,23 @@ class WorkerLoader(DataLoader):
 
 def make_loader(ds: ImageDataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                 drop_last: bool = False, rank: int = 0, world_size: int = 1, repeats: int = 1,
-                num_workers: int | None = None) -> TensorBatches | WorkerLoader:
+                num_workers: int | None = None, pin_memory: bool = False) -> TensorBatches | WorkerLoader:
     """Iterable of ``(uint8 [B,C,H,W], int64 [B])``; ``len()`` is the number of batches.
 
     ``drop_last`` drops both the incomplete last batch and, with several ranks, the tail
     that does not divide evenly. ``loader.sampler.set_epoch(e)`` reorders it for epoch e.
     ``repeats`` > 1: repeated augmentation (see ``ShardSampler``).
-    ``num_workers`` (DataLoader only) defaults to the CPU count, at most 8.
+    ``num_workers`` (DataLoader only) defaults to the CPU count, at most 8. ``pin_memory``: batches in
+    page-locked memory, for a non-blocking copy to a GPU (``vitkit.device.pin_memory`` says when).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     sampler = ShardSampler(len(ds), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size, drop_last=drop_last, repeats=repeats)
     if isinstance(ds, InMemoryDataset):
-        return TensorBatches(ds, batch_size, sampler, drop_last)
+        return TensorBatches(ds, batch_size, sampler, drop_last, pin_memory)
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    return WorkerLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers)
+    # its own generator: a DataLoader otherwise draws its workers' seed from the global RNG, which would shift
+    # every augmentation draw after it (a streamed dataset would then train differently from the same data in memory)
+    return WorkerLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch))

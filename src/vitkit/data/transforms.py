@@ -105,7 +105,7 @@ def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     if c == 1:
         return x.expand(*x.shape[:-3], in_chans, *x.shape[-2:])
     if c == 3 and in_chans == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(3, 1, 1)
         return (x.float() * w).sum(-3, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
     raise ValueError(f"cannot convert {c} channels to {in_chans}")
 
@@ -122,8 +122,8 @@ def match_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 [..., C, H, W] -> float32 ((x / 255) - mean) / std, in one fused multiply-add."""
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return torch.addcmul(-m / s, x.float(), 1.0 / (255.0 * s))
 
 
@@ -131,6 +131,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
                      pad_mode: Literal["reflect", "zeros"] = "reflect") -> torch.Tensor:
     """Pad each image by ``padding``, crop a random window of the original size, and mirror
     half of the images horizontally; one random draw per sample, the same for its channels.
+    The draws come from the CPU's generator whatever the device, so a seed gives the same crops
+    on a GPU as on a CPU; only the [B, H*W] index moves to the images' device.
 
     Rather than padding the batch, each output pixel's source index is computed (with
     reflection folded in) and gathered in one call, so it works for any dtype and never
@@ -148,10 +150,10 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
         cols = torch.where(mirrored, w - 1 - cols, cols)
     rows, row_ok = _source_index(torch.arange(h) + dy, h, pad_mode)
     cols, col_ok = _source_index(cols + dx, w, pad_mode)
-    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).to(x.device).expand(b, c, h * w)
     out = torch.gather(x.reshape(b, c, h * w), 2, index).view(b, c, h, w)
     if pad_mode == "zeros":
-        out = out * (row_ok[:, :, None] & col_ok[:, None, :]).view(b, 1, h, w).to(x.dtype)
+        out = out * (row_ok[:, :, None] & col_ok[:, None, :]).view(b, 1, h, w).to(x.device, x.dtype)
     return out
 
 

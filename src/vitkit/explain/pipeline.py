@@ -72,9 +72,9 @@ def model_figures(model: nn.Module, out_dir: Path, n_components: int = 28) -> di
     embedding reads CNN features, not pixels) and position-embedding similarity."""
     figures = {}
     if image_filters(model) is not None:
-        comps, ratios = filter_components(model, n_components)
+        comps, ratios = (t.cpu() for t in filter_components(model, n_components))
         figures["filters"] = plot_filter_components(comps, ratios, Path(out_dir) / "patch_embedding_filters.png")
-    figures["pos_embed"] = plot_pos_embed_similarity(pos_embed_similarity(model),
+    figures["pos_embed"] = plot_pos_embed_similarity(pos_embed_similarity(model).cpu(),
                                                      Path(out_dir) / "position_embedding_similarity.png")
     return figures
 

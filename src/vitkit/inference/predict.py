@@ -51,14 +51,16 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str | Path | None = None
-                    ) -> tuple[Classifier, dict[str, Any], nn.Module]:
+def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str | Path | None = None,
+                    device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any], nn.Module]:
     """A checkpoint ready to classify, its config (classes, mean/std, input size) and its plain
     fp32 model (what the explain functions read attention from).
 
     The classifier is the model through :func:`prepare_for_inference`, or with ``onnx`` the
-    exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits.
+    exported file run by ONNX Runtime, refused unless it reproduces the checkpoint's logits. The
+    classifier runs on ``device`` (see ``vitkit.device.resolve_device``; ONNX Runtime runs on the CPU).
     """
+    from ..device import resolve_device
     from ..weights import load_checkpoint
     from .export import OnnxClassifier
     from .prepare import prepare_for_inference
@@ -71,7 +73,7 @@ def load_classifier(checkpoint: str | Path, precision: str = "auto", onnx: str |
         raise VitkitError(f"{checkpoint}: the weights have no classification head (features to fine-tune): train "
                           "one on your classes first, e.g. with vitkit finetune")
     if onnx is None:
-        return prepare_for_inference(model, precision), config, model
+        return prepare_for_inference(model, precision, device=resolve_device(device)), config, model
     if not Path(onnx).is_file():
         raise VitkitError(f"{onnx}: no such ONNX file (`vitkit export --checkpoint {checkpoint}` writes one)")
     classifier = OnnxClassifier(onnx)

@@ -24,7 +24,7 @@ from ..models.fuse import fuse_batchnorm, has_fusable
 from ..models.layers import Attention, Mlp
 from ..machine import cpu_has_bf16
 
-PRECISIONS = ("fp32", "bf16", "int8", "auto")
+PRECISIONS = ("fp32", "bf16", "int8", "auto", "fp16")  # fp16: GPUs
 
 
 class InferenceModel(nn.Module):
@@ -36,11 +36,12 @@ class InferenceModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, precision: str, eager: nn.Module | None = None,
-                 slice_images: int | None = None):
+                 slice_images: int | None = None, device: torch.device | str = "cpu"):
         super().__init__()
         self.model = model
         self.precision = precision
-        self.input_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.device = torch.device(device)  # where the model runs; logits come back where the images were
         self._eager = [eager]  # a list so the eager twin is not registered a second time as a submodule
         self.slice_images = slice_images  # see slice_size and forward
 
@@ -62,17 +63,18 @@ class InferenceModel(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.input_dtype)
+        home = x.device
+        x = x.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
         with torch.inference_mode():
             if self._eager[0] is None:
-                return self.model(x).float()
+                return self.model(x).float().to(home)
             try:
-                return self.model(x).float()
+                return self.model(x).float().to(home)
             except Exception as e:  # any backend failure: fall back once, never fail the prediction
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                               "running the eager model instead", RuntimeWarning, stacklevel=2)
                 self.model, self._eager[0] = self._eager[0], None
-                return self.model(x).float()
+                return self.model(x).float().to(home)
 
 
 class PackedLinear(nn.Module):
@@ -174,7 +176,7 @@ def attend_in_bf16(model: nn.Module) -> nn.Module:
 
 
 def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bool = False,
-                          threads: int | None = None) -> InferenceModel:
+                          threads: int | None = None, device: torch.device | str = "cpu") -> InferenceModel:
     """Return ``model`` ready to predict fast: eval mode, chosen precision, optionally compiled.
 
     ``precision``: ``fp32``; ``bf16`` (a bf16 copy of the weights: faster and lighter than
@@ -188,6 +190,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     (inductor packs and fuses itself); if compilation fails, a warning is given once and
     the eager model runs. ``threads`` sets ``torch.set_num_threads`` (process-wide). The
     caller's model is only put in eval mode: the prepared model is a copy.
+    On a GPU (``device``) the model runs as a plain bf16 or fp16 copy (``auto``: bf16 where the
+    GPU has it, else fp16), since the oneDNN packing and int8 kernels above are CPU code.
     """
     if precision not in PRECISIONS:
         raise VitkitError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -195,6 +199,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
         if threads < 1:
             raise VitkitError(f"threads must be a positive number, got {threads}")
         torch.set_num_threads(threads)
+    device = torch.device(device)
+    if device.type != "cpu":
+        return _prepare_on_gpu(model, precision, compile, device)
+    if precision == "fp16":
+        raise VitkitError("precision fp16 is for GPUs; on a CPU use bf16 (as fast where the CPU has bf16 units)")
     if precision == "auto":
         precision = "bf16" if cpu_has_bf16() else "fp32"
     model = model.eval()
@@ -221,3 +230,21 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
                       RuntimeWarning, stacklevel=2)
         return InferenceModel(model, precision, slice_images=slices)
     return InferenceModel(compiled, precision, eager=model, slice_images=slices)
+
+
+def _prepare_on_gpu(model: nn.Module, precision: str, compile: bool, device: torch.device) -> InferenceModel:
+    """A half-precision (or fp32) copy of ``model`` on ``device``, compiled if asked."""
+    from ..train.precision import resolve_precision
+
+    if precision == "int8":
+        raise VitkitError(f"precision int8 (dynamic quantization) runs on CPUs only; on {device} use bf16, fp16 "
+                          "or auto")
+    precision = resolve_precision(precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    model = fuse_batchnorm(copy.deepcopy(model.eval())).to(device, dtype)
+    if not compile:
+        return InferenceModel(model, precision, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        compiled = torch.compile(model)
+    return InferenceModel(compiled, precision, eager=model, device=device)

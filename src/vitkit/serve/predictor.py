@@ -85,12 +85,12 @@ def _has_attention(model: nn.Module) -> bool:
         return False
 
 
-def load_predictor(source: str, precision: str = "auto", onnx: str | Path | None = None, topk: int = 5
-                   ) -> Predictor:
+def load_predictor(source: str, precision: str = "auto", onnx: str | Path | None = None, topk: int = 5,
+                   device: str = "cpu") -> Predictor:
     """The predictor for a checkpoint folder or model name, run as `vitkit predict` runs it."""
     from ..inference.predict import load_classifier
 
-    classifier, config, model = load_classifier(source, precision, onnx)
+    classifier, config, model = load_classifier(source, precision, onnx, device=device)
     runtime = (f"onnxruntime ({Path(onnx).name})" if onnx
                else f"torch, {getattr(classifier, 'precision', precision)}")
     return Predictor(classifier, config, str(source), runtime, topk, model)

@@ -51,6 +51,7 @@ class ModelSource:
     precision: str = "auto"
     onnx: str | None = None
     topk: int = 5
+    device: str = "cpu"
 
 
 class _Config(uvicorn.Config):

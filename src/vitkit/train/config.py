@@ -43,7 +43,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = 0.1
     clip_grad: float | None = 1.0
-    precision: str = "auto"          # auto | fp32 | bf16
+    precision: str = "auto"          # auto | fp32 | bf16 | fp16 (GPUs; with a gradient scaler)
+    device: str = "auto"             # auto | cpu | cuda | cuda:N | mps (auto: a GPU when there is one)
+    deterministic: bool = False      # GPU: reproducible kernels, so a resume is exact (a CPU run always is)
+    fsdp: bool = False               # torchrun: shard weights, gradients and optimiser state (FSDP2) over ranks
     seed: int = 0
     img_size: int | None = None      # None: the model's own
     drop_rate: float = 0.0
@@ -136,8 +139,10 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise VitkitError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise VitkitError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):  # whether it is there: resolve_device
+            raise VitkitError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         for name in ("epochs", "batch_size", "lr"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise VitkitError(f"{name} must be positive, got {getattr(self, name)}")
@@ -200,8 +205,9 @@ class TrainConfig:
             return str(Path(path).expanduser().resolve())
 
         dataset = self.dataset
-        if dataset.startswith("folder:"):
-            dataset = "folder:" + absolute(dataset[len("folder:"):])
+        for prefix in ("folder:", "shards:"):
+            if dataset.startswith(prefix):
+                dataset = prefix + absolute(dataset[len(prefix):])
         return dataclasses.replace(self, dataset=dataset, data_dir=absolute(self.data_dir),
                                    init_from=absolute(self.init_from), backbone_from=absolute(self.backbone_from),
                                    distill_from=absolute(self.distill_from))

@@ -40,4 +40,9 @@ def create_ema(model: nn.Module, decay: float) -> AveragedModel:
     Choose ``decay`` so the horizon 1/(1 - decay) is a few epochs of steps: DeiT's 0.99996
     suits 300 ImageNet epochs; a 20-epoch Fashion-MNIST run (4,700 steps) wants ~0.999.
     """
-    return AveragedModel(model, multi_avg_fn=bias_corrected_ema(decay), use_buffers=True)
+    ema = AveragedModel(model, use_buffers=True)
+    update = bias_corrected_ema(decay)
+    # the step count read from the EMA's own buffer, on the CPU: AveragedModel hands over a copy on the
+    # weights' device, whose int() would stall a GPU every step (and cannot be read at all on meta)
+    ema.multi_avg_fn = lambda averaged, current, _n: update(averaged, current, ema.n_averaged)
+    return ema

@@ -8,6 +8,7 @@ after epoch k and resumed ends exactly where the uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -24,6 +25,7 @@ from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a term
 
 from ..allocator import keep_freed_memory
 from ..data import BatchAugment, Mixup, folder_root, has_separate_test, load_dataset, make_loader
+from ..device import describe, pin_memory, resolve_device, setup_device, to_device
 from ..errors import VitkitError
 from ..machine import cpu_name
 from ..models import count_params, create_model, get_model_spec, input_geometry, spec_of
@@ -34,14 +36,14 @@ from .checkpoint import (STATE_NAME, claim_output, load_checkpoint, load_train_s
                          training_lock, unwrap)
 from .config import FEW_STEPS, TrainConfig
 from .losses import Teacher, TrainingLoss
-from .distributed import DistInfo, barrier, init_distributed, shutdown
+from .distributed import DistInfo, barrier, full_state, init_distributed, shard_model, shutdown, wrap_distributed
 from .ema import create_ema
 from .evaluate import evaluate_dataset, predict_logits
 from .finetune import body_to_eval, freeze_body, init_backbone, load_pretrained, replace_head
 from .fp32_linear import onednn_pays_off, use_onednn_linears
 from .optim import cosine_lr, create_optimizer, set_lr
 from .plots import plot_confusion, plot_curves
-from .precision import autocast, resolve_precision
+from .precision import autocast, grad_scaler, resolve_precision
 
 
 def model_input_shape(cfg: TrainConfig) -> tuple[int, int]:
@@ -117,10 +119,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         keep_freed_memory()  # 1.05-1.13x an epoch: activations are not page-faulted in afresh each step
-        self.info = init_distributed()
+        self.device = resolve_device(cfg.device)
+        self.info = init_distributed(self.device)
+        setup_device(self.device, cfg.deterministic)
         self.cfg = cfg = cfg.with_absolute_paths()
         self.out = Path(cfg.output)
-        self.precision = resolve_precision(cfg.precision)
+        self.precision = resolve_precision(cfg.precision, self.device)
         state = load_train_state(self.out) if resume else None
         if state is not None:
             self._check_resumable(state)
@@ -140,16 +144,24 @@ class Trainer:
             self.model.set_patch_drop_rate(rate)
         if cfg.backbone_from and not resume:  # a resumed run's state holds the backbone already
             init_backbone(self.model, cfg.backbone_from)
+        self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.precision == "fp32" and onednn_pays_off():
+        if self.precision == "fp32" and self.device.type == "cpu" and onednn_pays_off():
             use_onednn_linears(self.model)  # 1.08-1.15x a step off Intel CPUs, same arithmetic
         if cfg.patch_drop_schedule and not hasattr(self.model, "set_patch_drop_rate"):
             raise VitkitError(f"{self.model_name}: patch_drop_schedule needs a ViT (patch tokens to drop)")
+        self.plain: nn.Module | None = None  # FSDP: rank 0's whole copy, which it evaluates and saves
+        self.gathered: tuple[dict[str, Any], dict[str, Any]] | None = None  # FSDP: the full state at epoch end
+        if cfg.fsdp:
+            self._check_fsdp()
+            self.plain = copy.deepcopy(self.model) if self.info.is_main else None
+            self.model = shard_model(self.model, self.device)
         self.augment, self.mixup = self._augmentation()
         self.teacher = self._teacher() if cfg.distill_from else None
         self.teacher_cache: torch.Tensor | None = None  # filled by fit() with distill_cache
         self.criterion = self._criterion()
+        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema_decay else None
         try:
             self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas,
@@ -162,13 +174,21 @@ class Trainer:
         if state is not None:
             self._restore(state)
         # what the step calls: the model, wrapped for DDP and/or compiled; self.model stays the bare one
-        self.step_model = nn.parallel.DistributedDataParallel(self.model) if self.info.enabled else self.model
+        self.step_model = wrap_distributed(self.model, self.info, self.device)
         if cfg.compile:
             self.step_model = torch.compile(self.step_model)
         self.steps_per_epoch = len(self._loader(0))
         if self.steps_per_epoch == 0:
             raise VitkitError(f"{cfg.dataset}: {len(self.train_ds)} training images are fewer than one batch "
                               f"of {cfg.batch_size}; lower --batch-size")
+
+    def _check_fsdp(self) -> None:
+        if not self.info.enabled:
+            raise VitkitError("fsdp shards the model over torchrun's processes: start the run with torchrun "
+                              "--nproc_per_node N -m vitkit train ..., or drop fsdp")
+        if self.cfg.ema_decay:
+            raise VitkitError("fsdp with ema_decay is not supported yet (the EMA would be a second sharded "
+                              "model); drop one of them")
 
     def _settled(self, cfg: TrainConfig) -> TrainConfig:
         """What the recipe left to vitkit, decided from the data: batch size and epochs (counted in
@@ -245,7 +265,7 @@ class Trainer:
             raise VitkitError(f"{self.cfg.distill_from}: the teacher takes {meta['in_chans']} channels, "
                               f"the student {self.in_chans}")
         model = model.to(memory_format=torch.channels_last)
-        return Teacher(model, (self.mean, self.std), (meta["mean"], meta["std"]), meta["img_size"])
+        return Teacher(model, (self.mean, self.std), (meta["mean"], meta["std"]), meta["img_size"]).to(self.device)
 
     def _cache_teacher(self) -> torch.Tensor:
         """The teacher's logits for every training image, in dataset order: of the image and its
@@ -254,7 +274,7 @@ class Trainer:
         with progress(total=len(self.train_ds), desc="teacher outputs", disable=not self.info.is_main,
                       leave=False) as bar:
             logits, _ = predict_logits(self.teacher, loader, self.mean, self.std, self.precision, bar,
-                                       flip_tta=self.cfg.hflip)
+                                       flip_tta=self.cfg.hflip, device=self.device)
         return logits
 
     def _teacher_logits(self, x: torch.Tensor, order: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -262,13 +282,16 @@ class Trainer:
         if self.teacher is None:
             return None
         if self.teacher_cache is not None:
-            return self.teacher_cache[order[batch * self.batch_per_rank:(batch + 1) * self.batch_per_rank]]
+            part = self.teacher_cache[order[batch * self.batch_per_rank:(batch + 1) * self.batch_per_rank]]
+            return to_device(part, self.device)
         return self.teacher(x)
 
     @property
     def run_model(self) -> nn.Module:
         """The model the run produces: the EMA of the weights when enabled, else the trained weights."""
-        return self.ema.module if self.ema is not None else unwrap(self.model)
+        if self.ema is not None:
+            return self.ema.module
+        return self.plain if self.cfg.fsdp else unwrap(self.model)
 
     @property
     def model_name(self) -> str:
@@ -276,6 +299,9 @@ class Trainer:
         return spec_of(unwrap(self.model)).name
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if self.cfg.fsdp:  # loading full dicts into sharded weights hung under gloo in torch 2.13: not yet offered
+            raise VitkitError(f"{self.out}: resuming an FSDP run is not supported yet; its model.safetensors loads "
+                              f"in one process (eval, predict, finetune --checkpoint {self.out})")
         if (self.ema is not None) != ("ema" in state):
             raise VitkitError(f"{self.out / STATE_NAME}: the run was trained {'with' if 'ema' in state else 'without'}"
                               f" an EMA of the weights; resume it with the same ema_decay setting")
@@ -284,6 +310,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
+            if self.scaler is not None and "scaler" in state:  # a run resumed in fp16 from bf16 starts afresh
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
             raise VitkitError(f"{self.out / STATE_NAME}: does not match this model/recipe ({first})") from e
@@ -311,10 +339,14 @@ class Trainer:
     def _loader(self, epoch: int):
         return make_loader(self.train_ds, self.batch_per_rank, shuffle=True, seed=self.cfg.seed, epoch=epoch,
                            drop_last=True, rank=self.info.rank, world_size=self.info.world_size,
-                           num_workers=self.cfg.workers, repeats=self.cfg.repeated_aug)
+                           num_workers=self.cfg.workers, repeats=self.cfg.repeated_aug,
+                           pin_memory=pin_memory(self.device))
 
     def _inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented, normalised (and mixed) inputs with their targets: int labels, or soft ones when mixed."""
+        """Augmented, normalised (and mixed) inputs with their targets: int labels, or soft ones when mixed.
+        The uint8 batch goes to the device first: a quarter of the bytes of the float input, and the
+        augmentations then run there."""
+        images, labels = to_device(images, self.device), to_device(labels, self.device)
         x = self.augment(images)
         if self.mixup is not None:
             x, labels = self.mixup(x, labels)
@@ -340,18 +372,15 @@ class Trainer:
         bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main, leave=False)
         # both loaders yield their sampler's order, batch by batch: a cached teacher looks its outputs up by it
         order = loader.sampler.indices() if self.teacher_cache is not None else None
-        loss_sum, n = torch.zeros(()), 0
+        loss_sum, n = torch.zeros((), device=self.device), 0
         for batch, (images, labels) in enumerate(bar):
             lr = self.scheduled_lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
             set_lr(self.optimizer, lr)
             x, targets = self._inputs(images, labels)
-            with autocast(self.precision):
+            with autocast(self.precision, self.device.type):
                 loss = self.criterion(model(x), targets, self._teacher_logits(x, order, batch))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            self.optimizer.step()
+            self._step(loss)
             if self.ema is not None:
                 self.ema.update_parameters(unwrap(self.model))
             self.progress["step"] += 1
@@ -363,7 +392,7 @@ class Trainer:
                     raise VitkitError(f"training diverged: loss is {value} at step {self.progress['step']}; "
                                       "lower --lr or raise --warmup-epochs")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
-        stats = torch.stack([loss_sum, torch.tensor(float(n))])
+        stats = torch.stack([loss_sum, torch.tensor(float(n), device=self.device)])
         if self.info.enabled:
             dist.all_reduce(stats)
         mean = (stats[0] / stats[1]).item()
@@ -371,6 +400,23 @@ class Trainer:
             raise VitkitError(f"training diverged: the mean loss of epoch {epoch + 1} is {mean}; lower --lr or "
                               "raise --warmup-epochs (or check mean and std)")
         return mean
+
+    def _step(self, loss: torch.Tensor) -> None:
+        """Backward pass, clipping and the optimiser's step; in fp16 through the loss scaler, which
+        unscales the gradients before they are clipped and skips steps whose gradients overflowed."""
+        clip = self.cfg.clip_grad
+        if self.scaler is None:
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(self.step_model.parameters(), clip)
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.step_model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _schedule_patch_drop(self, epoch: int) -> None:
         """The rate of the last ``patch_drop_schedule`` stage begun by this (0-based) epoch."""
@@ -383,7 +429,7 @@ class Trainer:
         model = self.run_model if model is None else model
         dataset = self.eval_ds if dataset is None else dataset
         return evaluate_dataset(model, dataset, self.mean, self.std, batch_size=max(self.cfg.batch_size, 256),
-                                precision=self.precision, workers=self.cfg.workers)
+                                precision=self.precision, workers=self.cfg.workers, device=self.device)
 
     def _save_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> None:
         row = {"epoch": epoch + 1, "step": self.progress["step"], "train_loss": train_loss,
@@ -403,10 +449,11 @@ class Trainer:
         write_text(self.out / "metrics.jsonl", lines)
         plot_curves(self.progress["history"], self.out / "curves.png")
         # Written last: once this lands, the epoch is complete on disk.
-        save_train_state(self.out, {"model": unwrap(self.model).state_dict(),
-                                    "optimizer": self.optimizer.state_dict(), "progress": self.progress,
+        weights, moments = self.gathered or (unwrap(self.model).state_dict(), self.optimizer.state_dict())
+        save_train_state(self.out, {"model": weights, "optimizer": moments, "progress": self.progress,
                                     "config": self.cfg.to_dict(),
-                                    **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
+                                    **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                                    **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
         _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  "
                         f"eval top-1 {100 * metrics['top1']:.2f}%  ({seconds:.0f}s)")
 
@@ -434,7 +481,8 @@ class Trainer:
             _log(self.info, f"training {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on "
                             f"{self.cfg.dataset}: {len(self.train_ds)} images, {len(self.classes)} classes, as "
                             f"{self.in_chans}x{self.img_size}x{self.img_size} inputs, "
-                            f"{self.precision}, {self.info.world_size} process(es), {torch.get_num_threads()} threads")
+                            f"{self.precision} on {describe(self.device)}, {self.info.world_size} process(es), "
+                            f"{torch.get_num_threads()} threads")
         if self.cfg.distill_cache and self.progress["epoch"] < self.cfg.epochs:
             start = time.perf_counter()
             self.teacher_cache = self._cache_teacher()
@@ -452,6 +500,8 @@ class Trainer:
                 raise
             seconds = time.perf_counter() - start
             self.progress["train_seconds"] += seconds
+            if self.cfg.fsdp:
+                self._gather()
             if self.info.is_main:
                 with self._run_folder_errors(done=epoch):
                     self._save_epoch(epoch, train_loss, self.evaluate(), seconds)
@@ -462,12 +512,21 @@ class Trainer:
         shutdown(self.info)
         return result
 
+    def _gather(self) -> None:
+        """FSDP: every rank gathers the full weights and optimiser state (a collective); rank 0 loads
+        them into its whole copy, which it then evaluates and saves as one process would."""
+        gathered = full_state(self.model, self.optimizer)
+        if self.plain is not None:
+            self.plain.load_state_dict(gathered[0])
+            self.gathered = gathered
+
     def final_report(self, wall_seconds: float) -> dict[str, Any]:
         """eval.json + confusion.png for the last model on the test split."""
         metrics = self.evaluate(dataset=self.test_ds)
         report = {"model": self.model_name, "dataset": self.cfg.dataset, "split": "test",
                   "params": count_params(self.model), "epochs": self.cfg.epochs, "precision": self.precision,
                   "processes": self.info.world_size, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                  "device": describe(self.device),
                   "train_seconds": self.progress["train_seconds"], "session_wall_seconds": wall_seconds,
                   **metrics}
         write_json(self.out / "eval.json", report)

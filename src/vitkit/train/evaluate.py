@@ -11,24 +11,28 @@ from torch import nn
 from ..data import EvalResize, folder_root, load_dataset, make_loader, normalize
 from ..data.imagenet import imagenet_folders
 from ..errors import VitkitError
+from ..device import pin_memory, resolve_device, to_device
 from .precision import autocast
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    mean: tuple[float, ...], std: tuple[float, ...], precision: str = "fp32",
-                   progress: Any = None, flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (fp32) and targets for every batch of uint8 images; with ``flip_tta`` the mean of
-    the logits of each image and its mirror image (test-time augmentation: twice the work)."""
+                   progress: Any = None, flip_tta: bool = False, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (fp32, on the CPU) and targets for every batch of uint8 images, run on ``device``;
+    with ``flip_tta`` the mean of the logits of each image and its mirror image (test-time
+    augmentation: twice the work)."""
     model.eval()
+    device = torch.device(device)
     logits, targets = [], []
     for images, labels in batches:
-        x = normalize(images, mean, std)
-        with autocast(precision):
+        x = normalize(to_device(images, device), mean, std)
+        with autocast(precision, device.type):
             out = model(x).float()
             if flip_tta:
                 out = (out + model(x.flip(-1)).float()) / 2
-        logits.append(out)
+        logits.append(out.cpu())
         targets.append(labels)
         if progress is not None:
             progress.update(len(labels))
@@ -56,21 +60,24 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
 
 def evaluate_dataset(model: nn.Module, dataset: Any, mean: tuple[float, ...], std: tuple[float, ...],
                      batch_size: int = 256, precision: str = "fp32", workers: int | None = None,
-                     progress: Any = None, flip_tta: bool = False) -> dict[str, Any]:
-    """Metrics of ``model`` on a whole dataset whose classes match the model's outputs."""
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers)
-    logits, targets = predict_logits(model, loader, mean, std, precision, progress, flip_tta)
+                     progress: Any = None, flip_tta: bool = False, device: torch.device | str = "cpu"
+                     ) -> dict[str, Any]:
+    """Metrics of ``model`` (on ``device``) on a whole dataset whose classes match the model's outputs."""
+    device = torch.device(device)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory(device))
+    logits, targets = predict_logits(model, loader, mean, std, precision, progress, flip_tta, device)
     return classification_metrics(logits, targets, list(dataset.classes))
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = None, split: str | None = None, *,
                         data_dir: str | os.PathLike | None = None, precision: str = "fp32", batch_size: int = 256,
-                        flip_tta: bool = False) -> dict[str, Any]:
+                        flip_tta: bool = False, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Metrics of a saved model, as ``vitkit eval`` reports them.
 
     ``dataset`` defaults to the one it was trained on and ``split`` to its held-out part, or all of
     a folder it never saw (a tenth of it, its val_fraction split, would say little). The model runs as
-    ``prepare_for_inference(model, precision)`` runs it, the way ``predict`` and ``serve`` do."""
+    ``prepare_for_inference(model, precision)`` runs it, the way ``predict`` and ``serve`` do, on
+    ``device`` (see ``vitkit.device.resolve_device``)."""
     from ..inference import prepare_for_inference  # loads torch's quantisation on first use
     from ..weights import load_checkpoint
 
@@ -86,10 +93,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str | None = Non
     if list(ds.classes) != list(cfg["classes"]) and not imagenet_folders(ds.classes, cfg["classes"]):
         raise VitkitError(f"{spec}: classes {list(ds.classes)[:5]}... do not match the checkpoint's "
                           f"{cfg['classes'][:5]}...")
-    fast = prepare_for_inference(model, precision)
-    metrics = evaluate_dataset(fast, ds, cfg["mean"], cfg["std"], batch_size, flip_tta=flip_tta)
+    device = resolve_device(device)
+    fast = prepare_for_inference(model, precision, device=device)
+    metrics = evaluate_dataset(fast, ds, cfg["mean"], cfg["std"], batch_size, flip_tta=flip_tta, device=device)
     return {**metrics, "dataset": spec, "split": split, "checkpoint": str(checkpoint), "flip_tta": flip_tta,
-            "precision": precision}
+            "precision": precision, "device": str(device)}
 
 
 def default_split(spec: str, trained_on: str | None) -> str:

@@ -93,7 +93,7 @@ def save_timm(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = 
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from a GPU too
     if path.suffix in (".pth", ".pt", ".bin"):
         return atomic_write(path, lambda tmp: torch.save(sd, tmp))
     from safetensors.torch import save_file
