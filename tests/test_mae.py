@@ -137,3 +137,110 @@ def test_registered_sizes_are_the_papers():
     mini = vitkit.create_model("mae_vit_mini_patch4_28")
     decoder = sum(p.numel() for n, p in mini.named_parameters() if n.startswith(("decoder", "mask_token")))
     assert decoder < 0.15 * sum(p.numel() for p in mini.parameters())  # a light decoder for small images
+
+
+# --- released layouts ------------------------------------------------------------------------------------
+TINY = dict(num_heads=2, decoder_num_heads=2)  # what a .pth does not store; width 32 has no paper head count
+
+
+def outputs_of(model, images, noise):
+    with torch.no_grad():
+        loss, pred, mask = model(images, mask_ratio=0.75, noise=noise)
+        latent, _, _ = model.forward_encoder(images, 0.75, noise)
+    return loss.reshape(1), pred, mask, latent
+
+
+def assert_reproduces(model, images, noise, want):
+    for got, key in zip(outputs_of(model.eval(), images, noise), ("loss", "pred", "mask", "latent")):
+        torch.testing.assert_close(got, want[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_a_visualisation_checkpoint_loads_with_its_decoder(tmp_path, fixtures_dir):
+    _, weights, images, noise, want = reference(fixtures_dir, "mae_tiny_gray")
+    torch.save({"model": weights, "epoch": 799}, tmp_path / "mae_visualize_vit_tiny.pth")
+    with pytest.warns(UserWarning, match="head count is not stored"):  # the paper's decoders are 512 wide
+        model = vitkit.create_model(checkpoint=tmp_path / "mae_visualize_vit_tiny.pth", **TINY)
+    assert type(model) is MaskedAutoencoderViT and model.checkpoint_meta["format"] == "mae"
+    assert_reproduces(model, images, noise, want)
+
+
+@pytest.mark.parametrize("layout", ["mae_pretrain.pth", "timm.mae.safetensors"])
+def test_an_encoder_only_file_is_the_encoder_or_an_mae_with_a_fresh_decoder(tmp_path, fixtures_dir, layout):
+    from safetensors.torch import save_file
+    cfg, weights, images, noise, want = reference(fixtures_dir, "mae_tiny_normpix")
+    encoder = {k: v for k, v in weights.items() if not k.startswith(("decoder", "mask_token"))}
+    path = tmp_path / layout
+    if layout.endswith(".pth"):
+        torch.save({"model": encoder}, path)  # facebookresearch/mae's mae_pretrain_vit_*.pth
+    else:
+        save_file(encoder, path)  # timm's vit_*_patch16_224.mae: the same names, no wrapper
+    vit = vitkit.create_model(checkpoint=path, num_heads=2)
+    assert type(vit) is VisionTransformer and vit.num_classes == 0
+    mae = vitkit.create_model("mae_vision_transformer", checkpoint=path, **TINY,
+                              **{k: cfg["kwargs"][k] for k in ("decoder_embed_dim", "decoder_depth", "norm_pix_loss")})
+    assert type(mae) is MaskedAutoencoderViT
+    latent = outputs_of(mae.eval(), images, noise)[3]
+    torch.testing.assert_close(latent, want["latent"], atol=1e-5, rtol=0)  # the encoder is the reference's
+    torch.testing.assert_close(mae.decoder_pos_embed, mae_sincos_2d_pos_embed((8, 8), 16))  # a fresh decoder
+
+
+def test_mae_layout_round_trips(tmp_path, fixtures_dir):
+    from vitkit.weights.mae import save_mae
+    model, images, noise, want = fixture_model(fixtures_dir, "mae_tiny_normpix")
+    save_mae(model, tmp_path / "full.pth")
+    save_mae(model, tmp_path / "encoder.pth", encoder_only=True)
+    stored = torch.load(tmp_path / "full.pth", weights_only=True)["model"]
+    assert stored.keys() == load_file(fixtures_dir / "family/mae_tiny_normpix/weights.safetensors").keys()
+    assert not any(k.startswith("decoder") for k in torch.load(tmp_path / "encoder.pth", weights_only=True)["model"])
+    with pytest.warns(UserWarning, match="head count is not stored"):
+        back = vitkit.create_model(checkpoint=tmp_path / "full.pth", **TINY, norm_pix_loss=True)
+    assert_reproduces(back, images, noise, want)
+
+
+def tiny_hf_mae(norm_pix_loss: bool = True):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    config = ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=16, patch_size=4, num_channels=3, decoder_hidden_size=16,
+                          decoder_num_hidden_layers=1, decoder_num_attention_heads=4, decoder_intermediate_size=32,
+                          norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6, mask_ratio=0.75)
+    torch.manual_seed(3)
+    model = ViTMAEForPreTraining(config).eval()
+    with torch.no_grad():  # every tensor off its initial value, so a dropped or misnamed one shows
+        for p in model.state_dict().values():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def hf_outputs(model, images, noise):
+    with torch.no_grad():
+        out = model(pixel_values=images, noise=noise)
+    return out.loss.reshape(1), out.logits, out.mask
+
+
+def test_hugging_face_vitmae_folders_load_and_export(tmp_path):
+    from transformers import ViTMAEForPreTraining
+    from vitkit.weights.mae import save_hf_mae
+    hf = tiny_hf_mae()
+    hf.save_pretrained(tmp_path / "hf")
+    images, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    want = hf_outputs(hf, images, noise)
+    model = vitkit.create_model(checkpoint=tmp_path / "hf").eval()
+    assert type(model) is MaskedAutoencoderViT and model.norm_pix_loss
+    got = outputs_of(model, images, noise)[:3]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    save_hf_mae(model, tmp_path / "back")
+    again = ViTMAEForPreTraining.from_pretrained(tmp_path / "back").eval()
+    for a, b in zip(hf_outputs(again, images, noise), want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_an_mae_checkpoint_folder_rebuilds_the_mae(tmp_path, fixtures_dir):
+    from vitkit.weights import save_vitkit
+    model = vitkit.create_model("mae_vit_mini_patch4_28", norm_pix_loss=True)
+    save_vitkit(model, tmp_path / "m")
+    back = vitkit.create_model(checkpoint=tmp_path / "m")
+    assert back.build_spec == model.build_spec
+    images, noise = torch.randn(2, 1, 28, 28), torch.rand(2, 49)
+    for a, b in zip(outputs_of(back.eval(), images, noise), outputs_of(model.eval(), images, noise)):
+        assert torch.equal(a, b)
