@@ -78,11 +78,12 @@ def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     return {**{k: v for k, v in flags.items() if v is not None}, **sets}  # --set k=null is given: it switches k off
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, **more: Any) -> int:
     from .train import TrainConfig, train
     from .train.checkpoint import load_train_state
 
-    overrides = _run_overrides(args, model=args.model)
+    overrides = _run_overrides(args, model=args.model, labels_per_class=getattr(args, "labels_per_class", None),
+                               **more)
     if args.resume:
         if args.overwrite:
             raise VitkitError(f"--resume {args.resume} continues the run and --overwrite would delete it; "
@@ -108,8 +109,47 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registry name, see `vitkit models`").recipe_field = "model"
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch with "
                    "the configuration it started with; flags and --set still change fields (e.g. --epochs)")
+    _add_labels_per_class(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_labels_per_class(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels-per-class", type=float, metavar="K", help="train on K labelled images of each class "
+                   "(or a fraction below 1 of each), a fixed class-balanced draw by --seed").recipe_field = \
+        "labels_per_class"
+
+
+# ---------------------------------------------------------------- pretrain
+MAE_DEFAULT_MODEL = "mae_vit_mini_patch4_28"
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """An MAE run is a training run with ``objective: mae``; resume, recipes and run folders are train's."""
+    if not args.resume and not args.model and not (args.config and "model" in _recipe(args.config)):
+        args.model = MAE_DEFAULT_MODEL
+    return cmd_train(args, objective=args.method, mask_ratio=args.mask_ratio)
+
+
+def _recipe(path: str) -> dict[str, Any]:
+    from .train.config import load_yaml
+    return load_yaml(path)
+
+
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images (MAE)",
+                       description="Pretrain a ViT as a masked autoencoder (He et al. 2021) on images alone: labels, "
+                                   "if the dataset has any, are ignored, and a folder: needs no class folders. The "
+                                   "run folder is a checkpoint `vitkit finetune --checkpoint RUN` fine-tunes.")
+    p.add_argument("--method", choices=["mae"], default="mae", help="the self-supervised objective")
+    p.add_argument("--model", help=f"an mae_* name (default {MAE_DEFAULT_MODEL}) or a plain ViT's name as the "
+                   "encoder (with the paper's 8 x 512 decoder unless --set model_kwargs says otherwise)"
+                   ).recipe_field = "model"
+    p.add_argument("--mask-ratio", type=float, help="share of each image's patches removed (default 0.75)"
+                   ).recipe_field = "mask_ratio"
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished epoch")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_pretrain)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -123,8 +163,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise VitkitError("vitkit finetune starts from --checkpoint; drop --set init_from")
     probe = True if args.linear_probe else None
     start = str(_hub_ref(args.pretrained)) if args.pretrained else args.checkpoint
-    cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=start,
-                                                                 layer_decay=args.layer_decay, linear_probe=probe))
+    cfg = TrainConfig.from_sources(args.config, **_run_overrides(args, init_from=start, layer_decay=args.layer_decay,
+                                                                 linear_probe=probe,
+                                                                 labels_per_class=args.labels_per_class))
     train(cfg, overwrite=args.overwrite)
     return 0
 
@@ -138,6 +179,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
     p.add_argument("--linear-probe", action="store_true", help="train only the head (frozen body)")
     p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
+    _add_labels_per_class(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -653,8 +695,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_finetune, add_eval, add_predict, add_serve, add_export, add_explain, add_models, add_samples,
-    add_shards, add_convert]
+    add_train, add_pretrain, add_finetune, add_eval, add_predict, add_serve, add_export, add_explain, add_models,
+    add_samples, add_shards, add_convert]
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -47,7 +47,7 @@ SPLITS = ("train", "test", "val", "all")  # "all": every image of a folder, unsp
 
 def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  in_chans: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True, resize: EvalResize | None = None) -> ImageDataset:
+                 download: bool = True, resize: EvalResize | None = None, unlabeled: bool = False) -> ImageDataset:
     """A split of a named dataset, at ``img_size`` (default: native, 224 for folders) with
     ``in_chans`` channels (default: native, 3 for folders).
 
@@ -56,6 +56,7 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
     without such sub-folders; the built-in datasets have fixed splits. "all" is every image
     of a folder of class folders (to score a model on images it never trained on). ``resize``
     brings a folder's images to ``img_size`` as pretrained weights ask (see :class:`EvalResize`).
+    ``unlabeled`` reads a folder as images alone, class folders or not (self-supervised pretraining).
     """
     if split not in SPLITS:
         raise VitkitError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -70,7 +71,7 @@ def load_dataset(spec: str, split: str, *, data_dir: str | os.PathLike | None = 
         if not spec[len("folder:"):].strip():
             raise VitkitError("folder: needs the folder's path, e.g. folder:~/photos")
         return load_folder(spec[len("folder:"):], split, img_size=img_size or 224, in_chans=in_chans or 3,
-                           val_fraction=val_fraction, seed=seed, resize=resize)
+                           val_fraction=val_fraction, seed=seed, resize=resize, unlabeled=unlabeled)
     if split == "all" and spec in DATASETS:
         raise VitkitError(f"split 'all' is for folders of images; {spec} has fixed train and test splits")
     part = "train" if split == "train" else "test"

@@ -35,12 +35,14 @@ MAX_LISTED = 10
 
 def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_chans: int = 3,
                 val_fraction: float = 0.1, seed: int = 0, memory_budget_mb: int | None = None,
-                resize: EvalResize | None = None) -> ImageDataset:
+                resize: EvalResize | None = None, unlabeled: bool = False) -> ImageDataset:
     """The ``split`` ("train", "val"/"test" for the held-out part, or "all") of an image folder.
 
     Images are converted to ``in_chans`` channels, their shorter side resized to ``img_size``
     and center-cropped (or as ``resize`` says: pretrained weights' own crop). Normalisation
     stats are ImageNet's: these are natural images, and pretrained ViTs expect exactly those.
+    ``unlabeled``: every image under ``root``, sub-folders or not, in one class "image" (self-supervised
+    pretraining needs no labels, so a plain folder of photos will do), split by ``val_fraction``.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -48,8 +50,11 @@ def load_folder(root: str | os.PathLike, split: str, *, img_size: int = 224, in_
                           else f"{root}: is a file, expected a folder of class sub-folders")
     if not 0 <= val_fraction < 1:
         raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    _check_split_names(root)
-    if (root / "train").is_dir() and _subdirs(root / "train"):
+    if not unlabeled:
+        _check_split_names(root)
+    if unlabeled:
+        classes, samples, problems = _scan_unlabeled(root, split, val_fraction, seed)
+    elif (root / "train").is_dir() and _subdirs(root / "train"):
         if split == "all":
             raise VitkitError(f"{root}: has split folders (train/, ...); choose one of them as the split")
         classes, samples, problems = _from_split_dirs(root, split)
@@ -193,6 +198,17 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
                 + [f"{p} (unknown image extension; expected one of {' '.join(IMAGE_EXTENSIONS)})" for p in unknown]
                 + [f"{p} (beside the class folders, in none: it would be ignored)" for p in _loose_images(root)])
     return classes, samples, problems
+
+
+def _scan_unlabeled(root: Path, split: str, val_fraction: float, seed: int
+                    ) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
+    """Every image under ``root`` as one class, the split held out by file name as for classes."""
+    samples = [(p, 0) for p in files_under(root) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not samples:
+        raise VitkitError(f"{root}: no images found (extensions {' '.join(IMAGE_EXTENSIONS)})")
+    if split != "all":
+        samples = _stratified_part(samples, 1, val_fraction, seed, held_out=split != "train", root=root)
+    return ["image"], samples, []
 
 
 def _loose_images(d: Path) -> list[Path]:

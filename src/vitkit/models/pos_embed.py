@@ -47,3 +47,22 @@ def sincos_2d_pos_embed(grid_size: tuple[int, int], dim: int, temperature: float
     y = y.flatten()[:, None] * omega[None, :]
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1).float()[None]
+
+
+def mae_sincos_2d_pos_embed(grid_size: tuple[int, int], dim: int, prefix_tokens: int = 1) -> torch.Tensor:
+    """[1, prefix + H*W, D] fixed embeddings laid out exactly as MAE's ``get_2d_sincos_pos_embed`` (and
+    Hugging Face's ViTMAE): half the channels for the column, half for the row, each [sin, cos] at
+    frequencies 1/10000^(k/(D/4)), k < D/4; prefix tokens ([class]) get zeros. Released MAE weights
+    store these; a model built here must start from the same ones to match the paper's code."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid_size[0], dtype=torch.float64),
+                                torch.arange(grid_size[1], dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def one_axis(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.flatten()[:, None] * omega[None, :]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    grid = torch.cat([one_axis(cols), one_axis(rows)], dim=1)  # MAE's meshgrid(w, h): its "h" half is x
+    return torch.cat([torch.zeros(prefix_tokens, dim, dtype=torch.float64), grid]).float()[None]

@@ -39,6 +39,8 @@ class VisionTransformer(nn.Module):
     prefix tokens join, so a grid resampled to any size leaves [class] untouched.
     ``weight_init="mimetic"`` starts attention from the products pretrained ViTs learn
     (``Attention.init_mimetic``); ``"skip"`` leaves parameters uninitialised for loading.
+    ``head_norm`` puts a BatchNorm without affine parameters before the head (MAE's linear probe:
+    the features of a frozen encoder are badly scaled for a linear classifier).
     """
 
     extra_tokens = 0  # prefix tokens a variant places after [class] (DeiT's distillation token)
@@ -53,7 +55,7 @@ class VisionTransformer(nn.Module):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
                  norm_eps: float = 1e-6, pos_embed: PosEmbed = "learn",
                  weight_init: str = "", embed_layer: Callable[..., nn.Module] = PatchEmbed,
-                 attn_layer: type[Attention] = Attention):
+                 attn_layer: type[Attention] = Attention, head_norm: bool = False):
         super().__init__()
         if global_pool not in ("token", "avg", "map", ""):
             raise ValueError(f"global_pool must be 'token', 'avg', 'map' or '', got {global_pool!r}")
@@ -99,7 +101,9 @@ class VisionTransformer(nn.Module):
             self.pre_logits.add_module("act", nn.Tanh())
             self.num_features = representation_size
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_norm = head_norm
+        self.head = (self.new_head() if head_norm else  # (a plain head drawn as before: seeded runs stay the same)
+                     nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
         if weight_init != "skip":
             self.init_weights(weight_init)
 
@@ -154,6 +158,8 @@ class VisionTransformer(nn.Module):
         else:
             nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
+        if getattr(self, "head_norm", False):
+            return nn.Sequential(nn.BatchNorm1d(self.num_features, affine=False, eps=1e-6), head)
         return head
 
     def set_patch_drop_rate(self, rate: float) -> None:

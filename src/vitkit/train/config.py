@@ -80,6 +80,9 @@ class TrainConfig:
     linear_probe: bool = False       # fine-tune: train the head only
     layer_decay: float | None = None  # fine-tune: layer-wise learning-rate decay, e.g. 0.75
     log_every: int = 50
+    objective: str = "classify"      # classify | mae (masked-autoencoder pretraining: labels ignored)
+    mask_ratio: float = 0.75         # mae: share of each image's patches removed
+    labels_per_class: float | None = None  # train on K labelled images per class (or a fraction < 1), seeded
 
     def auto_schedule(self, num_train: int) -> TrainConfig:
         """The batch size and epochs left to vitkit, derived from the number of training images.
@@ -189,12 +192,27 @@ class TrainConfig:
         if not 0.0 < low <= high <= 1.0:
             raise VitkitError(f"resized_crop_scale must be [low, high] with 0 < low <= high <= 1, "
                               f"got {list(self.resized_crop_scale)}")
+        self._validate_objective()
         if self.randaugment:
             from ..data.augment import RandAugment  # kornia is imported only when augmenting
             try:
                 RandAugment.from_spec(self.randaugment)
             except ValueError as e:
                 raise VitkitError(f"randaugment: {e}") from e
+
+    def _validate_objective(self) -> None:
+        if self.objective not in ("classify", "mae"):
+            raise VitkitError(f"objective must be classify or mae, got {self.objective!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise VitkitError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.labels_per_class is not None and self.labels_per_class <= 0:
+            raise VitkitError(f"labels_per_class must be positive, got {self.labels_per_class}")
+        if self.objective == "mae":
+            used = [k for k in ("distill_from", "init_from", "backbone_from", "labels_per_class")
+                    if getattr(self, k) is not None] + [k for k in ("mixup", "cutmix", "linear_probe") if getattr(self, k)]
+            if used:
+                raise VitkitError(f"objective mae pretrains on unlabeled images from scratch: {', '.join(used)} "
+                                  "do not apply (fine-tune the run with `vitkit finetune --checkpoint RUN`)")
 
     def with_absolute_paths(self) -> "TrainConfig":
         """The same run with its existing input paths made absolute: the config stored in a run must

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a terminal
 
 from ..allocator import keep_freed_memory
+from ..data.subset import labelled_subset
 from ..data import BatchAugment, Mixup, folder_root, has_separate_test, load_dataset, make_loader
 from ..device import describe, pin_memory, resolve_device, setup_device, to_device
 from ..errors import VitkitError
@@ -133,12 +134,12 @@ class Trainer:
         if pretrained is not None:  # the run trains the weights' model, not the default
             self.cfg = cfg = dataclasses.replace(cfg, model=spec_of(pretrained).name)
         self.in_chans, self.img_size = input_geometry(pretrained) if pretrained else model_input_shape(cfg)
-        self.train_ds, self.eval_ds, self.test_ds = build_datasets(cfg, self.in_chans, self.img_size)
+        self.train_ds, self.eval_ds, self.test_ds = self._datasets(cfg)
         self.cfg = cfg = self._settled(cfg)
         self.batch_per_rank = cfg.batch_size // self.info.world_size
         self.classes = list(self.train_ds.classes)
         self.mean, self.std = self._normalisation(pretrained)
-        self.model = build_model(cfg, len(self.classes), pretrained)
+        self.model = self._new_model(cfg, pretrained)
         if pretrained is not None and hasattr(self.model, "set_patch_drop_rate"):  # this run's, not pretraining's
             rate = cfg.model_kwargs.get("patch_drop_rate", 0.0)
             self.model.set_patch_drop_rate(rate)
@@ -170,7 +171,7 @@ class Trainer:
             raise VitkitError(f"{self.model_name}: {e}") from e
         self.scheduled_lr = cfg.lr
         self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
-                                         "best_top1": -1.0}
+                                         "best_top1": -math.inf}  # the best score: top-1 (-loss for MAE)
         if state is not None:
             self._restore(state)
         # what the step calls: the model, wrapped for DDP and/or compiled; self.model stays the bare one
@@ -189,6 +190,21 @@ class Trainer:
         if self.cfg.ema_decay:
             raise VitkitError("fsdp with ema_decay is not supported yet (the EMA would be a second sharded "
                               "model); drop one of them")
+
+    def _datasets(self, cfg: TrainConfig) -> tuple[Any, Any, Any]:
+        """Train, validation and test splits; ``labels_per_class`` keeps a seeded, class-balanced few."""
+        train_ds, val_ds, test_ds = build_datasets(cfg, self.in_chans, self.img_size)
+        if cfg.labels_per_class is not None:
+            train_ds = labelled_subset(train_ds, cfg.labels_per_class, cfg.seed)
+        return train_ds, val_ds, test_ds
+
+    def _new_model(self, cfg: TrainConfig, pretrained: nn.Module | None) -> nn.Module:
+        return build_model(cfg, len(self.classes), pretrained)
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, order: torch.Tensor | None,
+              batch: int) -> torch.Tensor:
+        """The training loss of one batch (a pretraining objective replaces it)."""
+        return self.criterion(model(x), targets, self._teacher_logits(x, order, batch))
 
     def _settled(self, cfg: TrainConfig) -> TrainConfig:
         """What the recipe left to vitkit, decided from the data: batch size and epochs (counted in
@@ -224,8 +240,8 @@ class Trainer:
         (its state then restores every tensor), so the pretrained file need not be kept."""
         cfg = self.cfg
         source = self.out if resume else cfg.init_from
-        return load_pretrained(source, cfg.img_size, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
-                               **cfg.model_kwargs)
+        return load_pretrained(source, cfg.img_size, linear_probe=cfg.linear_probe, drop_rate=cfg.drop_rate,
+                               drop_path_rate=cfg.drop_path_rate, **cfg.model_kwargs)
 
     def _augmentation(self) -> tuple[BatchAugment, Mixup | None]:
         cfg = self.cfg
@@ -378,7 +394,7 @@ class Trainer:
             set_lr(self.optimizer, lr)
             x, targets = self._inputs(images, labels)
             with autocast(self.precision, self.device.type):
-                loss = self.criterion(model(x), targets, self._teacher_logits(x, order, batch))
+                loss = self._loss(model, x, targets, order, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self._step(loss)
             if self.ema is not None:
@@ -431,19 +447,24 @@ class Trainer:
         return evaluate_dataset(model, dataset, self.mean, self.std, batch_size=max(self.cfg.batch_size, 256),
                                 precision=self.precision, workers=self.cfg.workers, device=self.device)
 
+    def _score(self, metrics: dict[str, Any]) -> float:
+        """What picks best/: higher is better."""
+        return metrics["top1"]
+
     def _save_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> None:
         row = {"epoch": epoch + 1, "step": self.progress["step"], "train_loss": train_loss,
-               "eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+               "eval_loss": metrics["loss"], **({"eval_top1": metrics["top1"], "eval_top5": metrics["top5"]}
+                                                if "top1" in metrics else {}),
                "lr": self.scheduled_lr, "epoch_seconds": seconds,  # the schedule's (groups may scale it)
                "train_seconds": self.progress["train_seconds"]}
-        if self.ema is not None:  # the EMA is the run's model; the raw weights' accuracy shows what it adds
-            row["raw_top1"] = self.evaluate(unwrap(self.model))["top1"]
+        if self.ema is not None and "top1" in metrics:  # the EMA is the run's model; the raw weights' accuracy
+            row["raw_top1"] = self.evaluate(unwrap(self.model))["top1"]  # shows what it adds
         self.progress["history"].append(row)
         self.progress["epoch"] = epoch + 1
-        summary = {k: row[k] for k in ("epoch", "eval_top1", "eval_top5", "eval_loss")}
+        summary = {k: row[k] for k in ("epoch", "eval_top1", "eval_top5", "eval_loss") if k in row}
         save_checkpoint(self.out, self.run_model, self.meta(metrics=summary))
-        if metrics["top1"] > self.progress["best_top1"]:
-            self.progress["best_top1"] = metrics["top1"]
+        if self._score(metrics) > self.progress["best_top1"]:
+            self.progress["best_top1"] = self._score(metrics)
             save_checkpoint(self.out / "best", self.run_model, self.meta(metrics=summary))
         lines = "".join(json.dumps(h) + "\n" for h in self.progress["history"])
         write_text(self.out / "metrics.jsonl", lines)
@@ -454,8 +475,9 @@ class Trainer:
                                     "config": self.cfg.to_dict(),
                                     **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                                     **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
-        _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  "
-                        f"eval top-1 {100 * metrics['top1']:.2f}%  ({seconds:.0f}s)")
+        score = f"top-1 {100 * metrics['top1']:.2f}%" if "top1" in metrics else f"loss {metrics['loss']:.4f}"
+        _log(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {train_loss:.4f}  eval {score}  "
+                        f"({seconds:.0f}s)")
 
     @contextlib.contextmanager
     def _run_folder_errors(self, done: int) -> Iterator[None]:
@@ -548,11 +570,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     with training_lock(cfg.output):
         if not resume:  # refused now, before the data is read; replaced only once the new run is known to start
             claim_output(cfg.output, overwrite, inputs=inputs, remove=False)
-        trainer = Trainer(cfg, resume=resume)
+        trainer = _trainer_class(cfg)(cfg, resume=resume)
         if not resume and trainer.info.is_main:  # one process deletes, the one that holds the lock
             claim_output(cfg.output, overwrite, inputs=inputs)
         barrier(trainer.info)
         return trainer.fit()
+
+
+def _trainer_class(cfg: TrainConfig) -> type[Trainer]:
+    if cfg.objective == "mae":
+        from .pretrain import MaeTrainer  # which builds on this module
+        return MaeTrainer
+    return Trainer
 
 
 def _check_inputs_exist(cfg: TrainConfig, resume: bool = False) -> None:

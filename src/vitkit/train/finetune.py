@@ -14,17 +14,30 @@ from typing import Any
 from torch import nn
 
 from ..errors import VitkitError
+from ..models import MaskedAutoencoderViT
 from ..models.spec import record_change
 from ..weights import load_model
 from ..weights.build import HEADS, load_strict
 
 
 def load_pretrained(source: str | Path, img_size: int | None = None, patch_size: int | None = None,
-                    **overrides: Any) -> nn.Module:
+                    linear_probe: bool = False, **overrides: Any) -> nn.Module:
     """Pretrained weights from ``source`` (any layout vitkit reads), resampled to ``img_size``
-    / ``patch_size`` when given; the head is still the pretraining one (see :func:`replace_head`)."""
+    / ``patch_size`` when given; the head is still the pretraining one (see :func:`replace_head`).
+    A masked autoencoder gives its encoder (:func:`mae_encoder`)."""
     geometry = {k: v for k, v in dict(img_size=img_size, patch_size=patch_size).items() if v is not None}
-    return load_model(source, **geometry, **overrides)
+    model = load_model(source, **geometry, **overrides)
+    return mae_encoder(model, linear_probe) if isinstance(model, MaskedAutoencoderViT) else model
+
+
+def mae_encoder(model: MaskedAutoencoderViT, linear_probe: bool = False) -> nn.Module:
+    """The encoder of an MAE as the paper evaluates it: fine-tuned on the average of its patch tokens
+    through a new ``fc_norm``; probed linearly on its normed [class] token through a BatchNorm without
+    affine parameters. The decoder is dropped; the checkpoint meta (normalisation) is kept."""
+    encoder = (model.encoder(global_pool="token", head_norm=True) if linear_probe
+               else model.encoder(global_pool="avg"))
+    encoder.checkpoint_meta = getattr(model, "checkpoint_meta", {})
+    return encoder
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:

@@ -14,12 +14,21 @@ from ..fileio import save_figure  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
+    """Loss, and eval accuracy where the run classifies (an MAE run plots its reconstruction loss alone)."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    classifies = all("eval_top1" in h for h in history)
+    fig, axes = plt.subplots(1, 2 if classifies else 1, figsize=(10 if classifies else 5.5, 3.8), squeeze=False)
+    ax_loss = axes[0, 0]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["eval_loss"] for h in history], "o-", label="eval")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if classifies else "MSE on masked patches",
+                title="loss" if classifies else "reconstruction loss")
     ax_loss.legend()
+    if not classifies:
+        fig.tight_layout()
+        save_figure(fig, path)
+        return
+    ax_acc = axes[0, 1]
     ax_acc.plot(epochs, [100 * h["eval_top1"] for h in history], "o-", color="C2")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="eval accuracy")
     ax_acc.grid(alpha=0.3)

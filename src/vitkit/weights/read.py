@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import VitkitError
-from . import hf, hf_cvt, hub, native, npz, timm
+from . import hf, hf_cvt, hub, mae, native, npz, timm
 from .build import build_model
 from .checkpoint import Checkpoint
 from .files import read_json, read_tensors, safetensors_metadata
@@ -31,6 +31,9 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> Checkpoint:
     tensors = read_tensors(path)
     if npz.is_npz(tensors):
         return npz.from_npz(tensors, str(path))
+    if mae.is_hf_mae(tensors):
+        config = path.parent / "config.json"
+        return mae.from_hf(tensors, str(path), read_json(config) if config.is_file() else {})
     if hf.is_hf(tensors):
         config = path.parent / "config.json"
         return hf.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
@@ -38,6 +41,8 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> Checkpoint:
         config = path.parent / "config.json"
         return hf_cvt.from_state_dict(tensors, str(path), read_json(config) if config.is_file() else {})
     metadata = safetensors_metadata(path)
+    if not timm.names_its_model(metadata) and (mae.has_decoder(tensors) or mae.builds_mae(name)):
+        return mae.from_state_dict(tensors, str(path), name)  # facebookresearch/mae's .pth (or timm's .mae)
     if timm.is_timm(tensors) or timm.names_its_model(metadata) or name:  # a CNN or hybrid file vitkit wrote names itself
         return timm.from_state_dict(tensors, str(path), metadata)
     raise VitkitError(f"{path}: no ViT weights recognised (first tensor: {next(iter(tensors))}); weights of "
@@ -50,6 +55,8 @@ def _read_folder(folder: Path) -> Checkpoint:
     config = read_json(folder / "config.json")
     if native.is_native(config):
         return native.read_folder(folder)
+    if config.get("model_type") == "vit_mae":
+        return mae.read_hf_folder(folder)
     if config.get("model_type") == "cvt":
         return hf_cvt.read_folder(folder)
     if "model_type" in config:
@@ -75,4 +82,7 @@ def load_model(path: str | Path, name: str | None = None, **overrides: Any) -> n
     checkpoint of a model that is not a ViT (a ResNet) is rebuilt from the name and
     keyword arguments it states.
     """
-    return build_model(read_checkpoint(path, name), name, **overrides)
+    ckpt = read_checkpoint(path, name)
+    if mae.needs_decoder(ckpt, name):  # an encoder (timm's .mae, mae_pretrain_*.pth) asked for as an MAE
+        ckpt = mae.with_fresh_decoder(ckpt, name, overrides)
+    return build_model(ckpt, name, **overrides)

@@ -1,0 +1,97 @@
+"""MAE pretraining runs (vitkit pretrain), fine-tuning and probing them, and few-label subsets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main
+from vitkit.data import load_dataset
+from vitkit.data.subset import balanced_indices, labelled_subset
+from vitkit.errors import VitkitError
+from vitkit.models import VisionTransformer
+from vitkit.train import TrainConfig, train
+
+# An MAE small enough to pretrain on scikit-learn digits (8x8 upsampled to 16x16) in seconds.
+TINY_MAE = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, decoder_embed_dim=16,
+                decoder_depth=1, decoder_num_heads=2)
+
+
+def pretrain_config(out, **kw) -> TrainConfig:
+    base = dict(objective="mae", model="mae_vit_mini_patch4_28", dataset="digits", output=str(out), epochs=2,
+                batch_size=64, lr=2e-3, warmup_epochs=0.5, precision="fp32", model_kwargs=TINY_MAE, crop_padding=0,
+                hflip=False)
+    return TrainConfig.from_dict({**base, **kw})
+
+
+@pytest.mark.slow
+def test_pretraining_lowers_the_reconstruction_loss_and_finetunes_from_the_run(tmp_path):
+    report = train(pretrain_config(tmp_path / "mae", epochs=3))
+    rows = [json.loads(line) for line in (tmp_path / "mae/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] and "eval_top1" not in rows[0]
+    assert report["reconstruction_loss"] == pytest.approx(rows[-1]["eval_loss"], rel=0.2)
+    for name in ("curves.png", "reconstructions.png", "best/model.safetensors", "train_state.pt"):
+        assert (tmp_path / "mae" / name).is_file(), name
+    # the run folder is what `vitkit finetune --checkpoint` takes
+    assert main(["finetune", "--checkpoint", str(tmp_path / "mae"), "--dataset", "digits", "--output",
+                 str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "32", "--labels-per-class", "5",
+                 "--layer-decay", "0.75", "--precision", "fp32", "--set", "crop_padding=0"]) == 0
+    tuned = vitkit.create_model(checkpoint=tmp_path / "ft")
+    assert type(tuned) is VisionTransformer and tuned.global_pool == "avg" and tuned.num_classes == 10
+    mae = vitkit.create_model(checkpoint=tmp_path / "mae")
+    encoder = {k: v.shape for k, v in mae.state_dict().items() if k.startswith(("patch_embed", "blocks"))}
+    assert {k: v.shape for k, v in tuned.state_dict().items() if k in encoder} == encoder  # the encoder, no decoder
+    assert not any(k.startswith("decoder") for k in tuned.state_dict())
+    assert json.loads((tmp_path / "ft/eval.json").read_text())["split"] == "test"
+
+
+@pytest.mark.slow
+def test_a_linear_probe_trains_only_a_batchnormed_head_on_the_class_token(tmp_path):
+    train(pretrain_config(tmp_path / "mae", epochs=1))
+    before = vitkit.create_model(checkpoint=tmp_path / "mae").state_dict()
+    train(TrainConfig.from_dict(dict(init_from=str(tmp_path / "mae"), linear_probe=True, dataset="digits",
+                                     output=str(tmp_path / "probe"), epochs=1, batch_size=32, precision="fp32",
+                                     crop_padding=0, drop_path_rate=0.0)))
+    probe = vitkit.create_model(checkpoint=tmp_path / "probe")
+    assert probe.global_pool == "token" and isinstance(probe.head[0], torch.nn.BatchNorm1d)
+    assert not probe.head[0].affine and probe.head[0].num_batches_tracked > 0
+    assert torch.equal(probe.state_dict()["blocks.1.mlp.fc2.weight"], before["blocks.1.mlp.fc2.weight"])  # frozen
+
+
+def test_pretraining_reads_a_folder_without_class_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos/sub").mkdir(parents=True)
+    for i in range(40):
+        folder = tmp_path / "photos" / ("sub" if i % 2 else "")
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    train_ds = load_dataset(f"folder:{tmp_path / 'photos'}", "train", img_size=16, in_chans=1, unlabeled=True)
+    val_ds = load_dataset(f"folder:{tmp_path / 'photos'}", "val", img_size=16, in_chans=1, unlabeled=True)
+    assert len(train_ds) + len(val_ds) == 40 and train_ds.classes == ["image"]
+    with pytest.raises(VitkitError, match="class folders"):  # a classifier still needs them
+        load_dataset(f"folder:{tmp_path / 'photos'}", "train")
+    report = train(pretrain_config(tmp_path / "run", dataset=f"folder:{tmp_path / 'photos'}", batch_size=8,
+                                   epochs=1, model_kwargs={**TINY_MAE, "in_chans": 1}))
+    assert report["images"] == len(train_ds)
+
+
+def test_mae_runs_refuse_what_needs_labels():
+    with pytest.raises(VitkitError, match="mixup"):
+        TrainConfig.from_dict(dict(objective="mae", mixup=0.8))
+    with pytest.raises(VitkitError, match="leak masked patches"):
+        train(pretrain_config("/tmp/unused-mae-run", model="sl_vit_mini_patch4_28", model_kwargs={}))
+
+
+def test_labels_per_class_is_a_seeded_class_balanced_draw():
+    ds = load_dataset("digits", "train")
+    few = labelled_subset(ds, 10, seed=0)
+    assert torch.bincount(few.targets, minlength=10).tolist() == [10] * 10
+    assert torch.equal(labelled_subset(ds, 10, seed=0).targets, few.targets)
+    assert not torch.equal(balanced_indices(ds.targets, 10, 10, 0), balanced_indices(ds.targets, 10, 10, 1))
+    share = labelled_subset(ds, 0.1, seed=0)
+    assert abs(len(share) - 0.1 * len(ds)) <= 10
+    with pytest.raises(VitkitError, match="only"):
+        labelled_subset(ds, 1000, seed=0)
