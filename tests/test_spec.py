@@ -101,3 +101,12 @@ def test_bad_model_arguments_are_user_errors_and_bugs_are_not():
 def test_flops_are_counted_on_the_meta_device(name, gflops):
     """ViT-B/16: timm's 17.6 GMACs less the last block's patch tokens, which vitkit skips (~6%)."""
     assert model_flops(name) / 1e9 == pytest.approx(gflops, rel=0.065)
+
+
+@pytest.mark.parametrize("name", ["pit_mini_28", "cait_mini_patch4_28", "crossvit_mini_28", "levit_mini_28"])
+def test_flops_count_models_that_feed_parameters_to_submodules(name):
+    """PiT and CaiT hand their [class] token (a parameter) straight to a submodule; every linear weight
+    is applied at least once per image, so 2 FLOPs per weight is a floor."""
+    model = vitkit.create_model(name)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert model_flops(name) >= 2 * linear

@@ -105,8 +105,9 @@ def model_flops(name: str, **overrides: Any) -> int:
 
     from .spec import input_geometry
     with torch.device("meta"):
-        model = create_model(name, weight_init="skip", **overrides).eval()
-        chans, size = input_geometry(model)
+        model = create_model(name, weight_init="skip", **overrides).eval().requires_grad_(False)
+        chans, size = input_geometry(model)  # (no grad: the counter's module hooks fail on a parameter passed
+                                             # straight into a submodule, as PiT's and CaiT's [class] tokens are)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.empty(1, chans, size, size))
     return counter.get_total_flops()
