@@ -30,3 +30,16 @@ def vit_pytorch_file(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_classifier_run(folder):
+    """A saved 3-class tiny ViT run (16 px gray) for the serving tests, loaded as `vitkit serve` loads it:
+    (classifier, config, plain model)."""
+    import vitkit
+    from vitkit.inference.predict import load_classifier
+    from vitkit.train import save_checkpoint
+
+    model = vitkit.create_model("vit_mini_patch4_28", img_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    save_checkpoint(folder, model, dict(classes=["ant", "bee", "cat"], mean=[0.5], std=[0.25], img_size=16,
+                                        in_chans=1))
+    return load_classifier(folder, "fp32")

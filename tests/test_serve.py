@@ -17,22 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tiny_classifier_run
+
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.inference.predict import load_classifier, predict_files
+from vitkit.inference.predict import predict_files
 from vitkit.serve import Predictor, ServerOptions, ServeSettings, create_app, running
 from vitkit.serve.server import bind
-from vitkit.train import save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve") / "ckpt"
-    model = vitkit.create_model("vit_mini_patch4_28", img_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
-    save_checkpoint(folder, model, dict(classes=["ant", "bee", "cat"], mean=[0.5], std=[0.25], img_size=16,
-                                        in_chans=1))
-    classifier, config, model = load_classifier(folder, "fp32")
-    return folder, classifier, config, model
+    return folder, *tiny_classifier_run(folder)
 
 
 def predictor_of(checkpoint, topk: int = 2) -> Predictor:

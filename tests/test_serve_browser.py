@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vitkit
-from vitkit.inference.predict import load_classifier
+from conftest import tiny_classifier_run
+
 from vitkit.serve import Predictor, ServeSettings, create_app, running
-from vitkit.train import save_checkpoint
 
 CHROMIUM = [os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")]
 CHROMEDRIVER = [os.environ.get("CHROMEDRIVER"), "/usr/bin/chromedriver", shutil.which("chromedriver")]
@@ -59,10 +58,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser") / "demo-run"
-    model = vitkit.create_model("vit_mini_patch4_28", img_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
-    save_checkpoint(folder, model, dict(classes=["ant", "bee", "cat"], mean=[0.5], std=[0.25], img_size=16,
-                                        in_chans=1))
-    classifier, config, model = load_classifier(folder, "fp32")
+    classifier, config, model = tiny_classifier_run(folder)
     with running(create_app(Predictor(classifier, config, str(folder), "torch, fp32", model=model),
                             ServeSettings())) as url:
         yield url

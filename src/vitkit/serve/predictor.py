@@ -20,7 +20,7 @@ from ..errors import VitkitError
 from ..explain import attention_rollout
 from ..explain.figures import rollout_strip
 from ..explain.tokens import attention_modules
-from ..inference.predict import Classifier
+from ..inference.predict import Classifier, top_classes
 
 TopK = list[tuple[str, float]]
 
@@ -54,14 +54,10 @@ class Predictor:
         return resized_from_bytes(data, name, self.config["img_size"], self.config["in_chans"], self.resize)
 
     def classify(self, images: torch.Tensor, topks: list[int]) -> list[TopK]:
-        """(class, probability) pairs, most likely first, for each uint8 image [B, C, H, W], in one forward
-        pass; image i gets ``topks[i]`` of them (what :func:`vitkit.inference.predict.top_classes` returns)."""
-        with torch.inference_mode():
-            probs = self.classifier(normalize(images, self.config["mean"], self.config["std"])).float().softmax(-1)
-        k = min(max(topks), len(self.classes))
-        values, indices = probs.topk(k, dim=1)
-        return [[(self.classes[j], round(v, 6)) for v, j in zip(row_values[:n], row_indices[:n])]
-                for row_values, row_indices, n in zip(values.tolist(), indices.tolist(), topks)]
+        """:func:`~vitkit.inference.predict.top_classes` for a batch of uint8 images [B, C, H, W] in one
+        forward pass, image i keeping ``topks[i]`` of its pairs (requests in one batch ask for different k)."""
+        rows = top_classes(self.classifier, images, self.config, max(topks))
+        return [row[:n] for row, n in zip(rows, topks)]
 
     def check_explainable(self, explain: bool) -> None:
         if explain and self.model is None:
