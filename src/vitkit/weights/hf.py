@@ -66,7 +66,7 @@ def read_folder(folder: Path) -> Checkpoint:
     """A ``save_pretrained`` folder: config.json plus model.safetensors or pytorch_model.bin (sharded or not)."""
     config = read_json(folder / "config.json")
     check_config(config, str(folder))  # before reading weights that could not be used
-    return from_state_dict(_read_weights(folder), str(folder), config,
+    return from_state_dict(read_weights(folder), str(folder), config,
                            _preprocessing(folder, config.get("num_channels", 3)))
 
 
@@ -74,7 +74,7 @@ WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 """What ``save_pretrained`` writes, whole or sharded, in the order transformers reads them."""
 
 
-def _read_weights(folder: Path) -> StateDict:
+def read_weights(folder: Path) -> StateDict:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return read_tensors(folder / name)
@@ -139,7 +139,7 @@ def from_state_dict(sd: StateDict, source: str, config: dict[str, Any] | None = 
     meta = dict(meta or {})
     if has_head and labels:
         meta["classes"] = distinct_names([labels[k] for k in sorted(labels, key=int)])
-    return Checkpoint(fuse_qkv(renamed), source, "hf", _kwargs(config), meta=meta)
+    return Checkpoint(fuse_qkv(renamed), source, "hf", config_kwargs(config), meta=meta)
 
 
 def _read_table(sd: StateDict) -> Table:
@@ -159,7 +159,7 @@ def check_config(config: dict[str, Any], source: str) -> None:
             raise VitkitError(f"{source}: config {key}={config[key]!r} is not supported (only {want!r})")
 
 
-def _kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def config_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     names = {"num_attention_heads": "num_heads", "layer_norm_eps": "norm_eps", "image_size": "img_size"}
     kwargs = {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
     if isinstance(kwargs.get("img_size"), list):
@@ -236,21 +236,23 @@ def _check_exportable(model: nn.Module) -> None:
 
 
 def _config(model: nn.Module, architecture: str, classes: list[str] | None) -> dict[str, Any]:
-    block, embed = model.blocks[0], model.patch_embed
-    config = {
-        "architectures": [architecture], "model_type": "deit" if architecture.startswith("DeiT") else "vit",
-        "hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
-        "num_attention_heads": block.attn.num_heads, "intermediate_size": block.mlp.fc1.out_features,
-        "hidden_act": "gelu", "layer_norm_eps": block.norm1.eps, "qkv_bias": block.attn.qkv.bias is not None,
-        "image_size": _square(embed.img_size), "patch_size": _square(embed.patch_size),
-        "num_channels": embed.proj.in_channels, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        "pooler_act": "tanh", "pooler_output_size": model.num_features,
-    }
+    config = {"architectures": [architecture], "model_type": "deit" if architecture.startswith("DeiT") else "vit",
+              **encoder_config(model), "pooler_act": "tanh", "pooler_output_size": model.num_features}
     if model.num_classes > 0:
         names = classes or [f"LABEL_{i}" for i in range(model.num_classes)]
         config["id2label"] = {str(i): n for i, n in enumerate(names)}
         config["label2id"] = {n: i for i, n in enumerate(names)}
     return config
+
+
+def encoder_config(model: nn.Module) -> dict[str, Any]:
+    """The ViT encoder's part of an HF config (ViT, DeiT and ViTMAE name it alike)."""
+    block, embed = model.blocks[0], model.patch_embed
+    return {"hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
+            "num_attention_heads": block.attn.num_heads, "intermediate_size": block.mlp.fc1.out_features,
+            "hidden_act": "gelu", "layer_norm_eps": block.norm1.eps, "qkv_bias": block.attn.qkv.bias is not None,
+            "image_size": _square(embed.img_size), "patch_size": _square(embed.patch_size),
+            "num_channels": embed.proj.in_channels, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 
 def _square(size: tuple[int, int]) -> int | list[int]:

@@ -16,7 +16,7 @@ from ..models import list_models
 from ..models.registry import get_model_spec
 from .checkpoint import Checkpoint
 from .files import StateDict, read_json
-from .hf import _preprocessing, _read_weights
+from .hf import _preprocessing, read_weights
 from .keymap import Table, rename
 
 _STAGE, _LAYER = "encoder.stages.{i}.", "encoder.stages.{i}.layers.{j}."
@@ -58,7 +58,7 @@ def read_folder(folder: Path) -> Checkpoint:
     """A ``save_pretrained`` folder: config.json plus model.safetensors or pytorch_model.bin."""
     config = read_json(folder / "config.json")
     kwargs = _kwargs(config, str(folder))  # before reading weights that could not be used
-    return _checkpoint(_read_weights(folder), str(folder), config, kwargs,
+    return _checkpoint(read_weights(folder), str(folder), config, kwargs,
                        _preprocessing(folder, kwargs["in_chans"]))
 
 

@@ -25,7 +25,7 @@ from ..fileio import atomic_write, write_json
 from ..models import MaskedAutoencoderViT, create_model, get_model_spec
 from .checkpoint import Checkpoint
 from .files import StateDict, read_json
-from .hf import TABLE as HF_TABLE
+from .hf import TABLE as HF_TABLE, config_kwargs, encoder_config, read_weights
 from .keymap import fuse_qkv, rename, split_qkv
 
 NAME = "mae_vision_transformer"  # what rebuilds an MAE of any size
@@ -115,20 +115,18 @@ def from_hf(sd: StateDict, source: str, config: dict[str, Any]) -> Checkpoint:
 
 
 def _hf_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    names = {"num_attention_heads": "num_heads", "layer_norm_eps": "norm_eps", "image_size": "img_size",
-             "decoder_num_attention_heads": "decoder_num_heads", "norm_pix_loss": "norm_pix_loss",
-             "mask_ratio": "mask_ratio"}
+    names = {"decoder_num_attention_heads": "decoder_num_heads", "norm_pix_loss": "norm_pix_loss",
+             "mask_ratio": "mask_ratio"}  # the encoder's as for HF's ViT (hf.config_kwargs)
     if config.get("hidden_act", "gelu") != "gelu":
         raise VitkitError(f"config hidden_act={config['hidden_act']!r} is not supported (only 'gelu')")
     if config.get("decoder_intermediate_size", 4 * config.get("decoder_hidden_size", 1)) / config.get(
             "decoder_hidden_size", 1) != config.get("intermediate_size", 4) / config.get("hidden_size", 1):
         raise VitkitError("config: the decoder's MLP ratio differs from the encoder's, which MAE's code never does")
-    return {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
+    return {**config_kwargs(config), **{ours: config[theirs] for theirs, ours in names.items() if theirs in config}}
 
 
 def read_hf_folder(folder: Path) -> Checkpoint:
-    from .hf import _read_weights
-    return from_hf(_read_weights(folder), str(folder), read_json(folder / "config.json"))
+    return from_hf(read_weights(folder), str(folder), read_json(folder / "config.json"))
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -176,15 +174,10 @@ def _to_hf_names(sd: StateDict) -> StateDict:
 
 
 def _hf_config(model: MaskedAutoencoderViT) -> dict[str, Any]:
-    block, dec, embed = model.blocks[0], model.decoder_blocks[0], model.patch_embed
-    if embed.img_size[0] != embed.img_size[1]:
+    if model.patch_embed.img_size[0] != model.patch_embed.img_size[1]:
         raise VitkitError("HF's ViTMAE takes square images only")
-    return {"architectures": ["ViTMAEForPreTraining"], "model_type": "vit_mae",
-            "hidden_size": model.embed_dim, "num_hidden_layers": len(model.blocks),
-            "num_attention_heads": block.attn.num_heads, "intermediate_size": block.mlp.fc1.out_features,
+    dec = model.decoder_blocks[0]
+    return {"architectures": ["ViTMAEForPreTraining"], "model_type": "vit_mae", **encoder_config(model),
             "decoder_hidden_size": dec.norm1.normalized_shape[0], "decoder_num_hidden_layers": len(model.decoder_blocks),
             "decoder_num_attention_heads": dec.attn.num_heads, "decoder_intermediate_size": dec.mlp.fc1.out_features,
-            "hidden_act": "gelu", "layer_norm_eps": block.norm1.eps, "qkv_bias": block.attn.qkv.bias is not None,
-            "image_size": embed.img_size[0], "patch_size": embed.patch_size[0], "num_channels": embed.in_chans,
-            "mask_ratio": model.mask_ratio, "norm_pix_loss": model.norm_pix_loss,
-            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+            "mask_ratio": model.mask_ratio, "norm_pix_loss": model.norm_pix_loss}
