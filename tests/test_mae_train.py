@@ -11,7 +11,7 @@ from PIL import Image
 import vitkit
 from vitkit.cli import main
 from vitkit.data import load_dataset
-from vitkit.data.subset import balanced_indices, labelled_subset
+from vitkit.data.subset import balanced_indices, labelled_subset, split_validation
 from vitkit.errors import VitkitError
 from vitkit.models import VisionTransformer
 from vitkit.train import TrainConfig, train
@@ -29,7 +29,7 @@ def pretrain_config(out, **kw) -> TrainConfig:
 
 
 @pytest.mark.slow
-def test_pretraining_lowers_the_reconstruction_loss_and_finetunes_from_the_run(tmp_path):
+def test_pretraining_lowers_the_reconstruction_loss_and_finetunes_from_the_run(tmp_path, capsys):
     report = train(pretrain_config(tmp_path / "mae", epochs=3))
     rows = [json.loads(line) for line in (tmp_path / "mae/metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] and "eval_top1" not in rows[0]
@@ -47,6 +47,15 @@ def test_pretraining_lowers_the_reconstruction_loss_and_finetunes_from_the_run(t
     assert {k: v.shape for k, v in tuned.state_dict().items() if k in encoder} == encoder  # the encoder, no decoder
     assert not any(k.startswith("decoder") for k in tuned.state_dict())
     assert json.loads((tmp_path / "ft/eval.json").read_text())["split"] == "test"
+    # `vitkit explain` on the MAE run: its reconstructions, in the PNG and inlined in the report
+    assert main(["explain", "--checkpoint", str(tmp_path / "mae"), "--out", str(tmp_path / "x")]) == 0
+    drawn = Image.open(tmp_path / "x/reconstructions.png")
+    assert drawn.height > drawn.width / 2  # 8 rows of four panels
+    report = (tmp_path / "x/report.html").read_text()
+    assert "Reconstructions" in report and report.count("data:image/png;base64") == 3
+    assert main(["explain", "--checkpoint", str(tmp_path / "mae"), "--out", str(tmp_path / "x"), "--figure",
+                 "attention-distance"]) == 2
+    assert "explained by its reconstructions" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -95,3 +104,31 @@ def test_labels_per_class_is_a_seeded_class_balanced_draw():
     assert abs(len(share) - 0.1 * len(ds)) <= 10
     with pytest.raises(VitkitError, match="only"):
         labelled_subset(ds, 1000, seed=0)
+
+
+def test_validation_from_train_is_a_fixed_disjoint_class_balanced_share():
+    ds = load_dataset("digits", "train")
+    rest, val = split_validation(ds, 0.2)
+    assert len(rest) + len(val) == len(ds)
+    per_class = torch.bincount(val.targets, minlength=10)
+    assert (per_class == (torch.bincount(ds.targets, minlength=10) * 0.2).floor()).all()
+    pixels = {bytes(im.numpy()) for im in rest.images}
+    assert sum(bytes(im.numpy()) in pixels for im in val.images) <= 2  # digits repeats a few images verbatim
+    assert torch.equal(split_validation(ds, 0.2)[1].images, val.images)  # the same draw every time, whatever the seed
+    with pytest.raises(VitkitError, match="leaves no training images"):
+        split_validation(labelled_subset(ds, 1, seed=0), 1)
+
+
+def test_a_run_validates_on_its_share_of_train_and_reports_the_test_split(tmp_path, capsys):
+    cfg = TrainConfig.from_dict(dict(model="vit_mini_patch4_28", dataset="digits", output=str(tmp_path / "run"),
+                                     epochs=1, batch_size=64, precision="fp32", val_from_train=0.1,
+                                     model_kwargs=dict(depth=1, embed_dim=32, num_heads=2), img_size=8))
+    train(cfg)
+    rest, val = split_validation(load_dataset("digits", "train"), 0.1)
+    assert f"on digits: {len(rest)} images" in capsys.readouterr().err
+    report = json.loads((tmp_path / "run/eval.json").read_text())
+    assert report["split"] == "test" and report["num_samples"] == len(load_dataset("digits", "test"))
+    first_epoch = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    assert round(first_epoch["eval_top1"] * len(val)) == pytest.approx(first_epoch["eval_top1"] * len(val), abs=1e-6)
+    with pytest.raises(VitkitError, match="val_from_train must be positive"):
+        TrainConfig.from_dict(dict(val_from_train=0))

@@ -70,7 +70,8 @@ def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
                  seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path_rate, workers=args.workers,
-                 distill_from=args.distill_from, distill=args.distill, device=args.device, **more)
+                 distill_from=args.distill_from, distill=args.distill, device=args.device,
+                 val_from_train=args.val_from_train, **more)
     sets = _parse_set(args.set)
     twice = [k for k in sets if flags.get(k) is not None]
     if twice:
@@ -188,6 +189,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     first = len(p._actions)
     p.add_argument("--config", help="YAML recipe (any TrainConfig field)")
     p.add_argument("--dataset", help="fashion-mnist | digits | folder:PATH")
+    p.add_argument("--val-from-train", type=float, metavar="SHARE", help="validate on this share of the training "
+                   "images (a fixed, class-balanced draw; a count per class if >= 1) instead of the test split, which "
+                   "then stays unseen until the final report").recipe_field = "val_from_train"
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output (else refused)")
@@ -541,6 +545,7 @@ def _load_images(paths: list[Path], cfg: dict[str, Any]) -> tuple[list[Path], An
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.images import max_image_pixels
+    from .models import MaskedAutoencoderViT
     from .weights import load_checkpoint
 
     max_image_pixels()  # a typo in $VITKIT_MAX_IMAGE_PIXELS: one error now, not one per image
@@ -555,6 +560,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                           f"holds a {type(model).__name__}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, MaskedAutoencoderViT) and args.figure != "embeddings":
+        return _explain_reconstructions(model, cfg, args, out)
     if args.figure == "attention-distance":
         return _explain_attention_distance(model, cfg, args, out)
     if args.figure == "embeddings":
@@ -568,13 +575,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
     """The paper's Fig. 7 (right) over ``--limit`` images of a dataset split."""
-    from .data import EvalResize, load_dataset, make_loader, normalize
+    from .data import make_loader, normalize
     from .explain import attention_distance_figure
 
-    if not args.dataset and not cfg.get("dataset"):
-        raise VitkitError("--figure attention-distance needs --dataset (the checkpoint names none)")
-    ds = load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
-                      img_size=cfg["img_size"], in_chans=cfg["in_chans"], resize=EvalResize.from_config(cfg))
+    ds = _explain_dataset(cfg, args)
 
     def batches() -> Iterator[torch.Tensor]:  # exactly --limit images, the last batch cut short
         left = args.limit
@@ -589,6 +593,41 @@ def _explain_attention_distance(model: torch.nn.Module, cfg: dict, args: argpars
     print(f"mean attention distance per layer (px): {[round(float(d.mean()), 2) for d in dist]}")
     print(f"figure: {out / 'attention_distance.png'}")
     return 0
+
+
+def _explain_reconstructions(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
+    """An MAE's reconstructions of the given images, or of the first 8 of --dataset's --split."""
+    import torch
+
+    from .explain import explain_reconstructions
+    from .inference.predict import expand_inputs
+
+    if args.figure:
+        raise VitkitError(f"--figure {args.figure} draws a classifier's attention; an MAE checkpoint is explained by "
+                          "its reconstructions (give images, or --dataset)")
+    requested = expand_inputs(args.images) if args.images else []
+    if requested:
+        paths, batch, _ = _load_images(requested, cfg)
+        names = [str(p) for p in paths]
+    else:
+        ds = _explain_dataset(cfg, args)
+        batch = torch.stack([ds[i][0] for i in range(min(8, len(ds)))])
+        names = [f"{args.split} image {i}" for i in range(len(batch))]
+    mask_ratio = cfg.get("recipe", {}).get("mask_ratio", model.mask_ratio)
+    result = explain_reconstructions(model, batch, names, cfg["mean"], cfg["std"], out, mask_ratio)
+    print(f"reconstructions: {result['reconstructions']}")
+    print(f"report: {result['report']}")
+    return 0 if len(names) == len(requested) or not requested else 1
+
+
+def _explain_dataset(cfg: dict, args: argparse.Namespace) -> Any:
+    """The split of --dataset (or the checkpoint's dataset) that a dataset-level figure reads."""
+    from .data import EvalResize, load_dataset
+
+    if not args.dataset and not cfg.get("dataset"):
+        raise VitkitError("--dataset is needed to draw from (the checkpoint names none), or give images")
+    return load_dataset(args.dataset or cfg["dataset"], args.split, data_dir=args.data_dir,
+                        img_size=cfg["img_size"], in_chans=cfg["in_chans"], resize=EvalResize.from_config(cfg))
 
 
 def _explain_images(model: torch.nn.Module, cfg: dict, args: argparse.Namespace, out: Path) -> int:
@@ -609,16 +648,17 @@ def _explain_images(model: torch.nn.Module, cfg: dict, args: argparse.Namespace,
 
 
 def add_explain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="attention maps, rollout, the ViT paper's figures and an HTML report")
+    p = sub.add_parser("explain", help="attention maps, rollout, the ViT paper's figures and an HTML report "
+                       "(an MAE checkpoint: its reconstructions of masked images)")
     p.add_argument("images", nargs="*", metavar="IMG_OR_DIR", help="images to explain (not needed for --figure)")
     _add_source(p)
     p.add_argument("--out", required=True, help="folder for the PNGs and report.html")
     p.add_argument("--figure", choices=["attention-distance", "embeddings"],
                    help="a model-level figure instead of per-image explanations")
-    p.add_argument("--dataset", help="for --figure attention-distance (default: the checkpoint's)")
-    p.add_argument("--data-dir", help="for --figure attention-distance: where dataset files are")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="for --figure attention-distance")
+    p.add_argument("--dataset", help="for --figure attention-distance, and an MAE's reconstructions without images "
+                   "(default: the checkpoint's)")
+    p.add_argument("--data-dir", help="where dataset files are (with --dataset)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split --dataset draws from")
     p.add_argument("--limit", type=_positive_int, default=1024, help="images averaged for --figure attention-distance")
     p.add_argument("--token", type=int, help="prefix token whose attention is drawn: 0 the [class] token, 1 a "
                    "distilled model's distillation token (default: what the head reads)")

@@ -1,4 +1,4 @@
-"""A fixed, seeded, class-balanced share of a labelled dataset: "few labels" as one number.
+"""A fixed, seeded, class-balanced share of a labelled dataset: "few labels" as one number; and a validation split carved from the training images.
 
 ``labels_per_class=K`` keeps K images of every class (K >= 1), a fraction below 1 keeps that share
 of each class (at least one image). The draw depends only on the seed and the labels, so every run
@@ -34,16 +34,35 @@ def balanced_indices(targets: torch.Tensor, num_classes: int, labels_per_class: 
     return torch.cat(kept).sort().values
 
 
+VALIDATION_SEED = 1234  # one validation draw for every run seed: runs that differ in seed compare on the same images
+
+
 def labelled_subset(ds: ImageDataset, labels_per_class: float, seed: int) -> ImageDataset:
     """The dataset cut to ``labels_per_class`` images of each class (same classes, stats and flips)."""
     idx = balanced_indices(ds.targets, len(ds.classes), labels_per_class, seed)
-    name = f"{ds.name}[{labels_per_class:g} per class, seed {seed}]"
+    return take(ds, idx, f"{ds.name}[{labels_per_class:g} per class, seed {seed}]")
+
+
+def split_validation(ds: ImageDataset, share: float) -> tuple[ImageDataset, ImageDataset]:
+    """(the rest, validation): a fixed class-balanced ``share`` of ``ds`` (a count per class if >= 1)
+    held out, so recipes are chosen without looking at the test split."""
+    val_idx = balanced_indices(ds.targets, len(ds.classes), share, VALIDATION_SEED)
+    keep = torch.ones(len(ds.targets), dtype=torch.bool)
+    keep[val_idx] = False
+    if not keep.any():
+        raise VitkitError(f"val_from_train {share:g} leaves no training images in {ds.name}")
+    rest = torch.nonzero(keep).flatten()
+    return take(ds, rest, f"{ds.name}[train]"), take(ds, val_idx, f"{ds.name}[validation from train]")
+
+
+def take(ds: ImageDataset, idx: torch.Tensor, name: str) -> ImageDataset:
+    """The images ``idx`` of ``ds`` as a dataset of the same kind, classes, stats and flips."""
     if isinstance(ds, InMemoryDataset):
         out: ImageDataset = InMemoryDataset(ds.images[idx], ds.targets[idx], ds.classes, ds.mean, ds.std, name)
     elif isinstance(ds, LazyImageDataset):
         out = LazyImageDataset([ds.paths[i] for i in idx], ds.targets[idx].tolist(), ds.classes, ds.mean, ds.std,
                                name, ds.img_size, ds.in_chans, ds.resize)
     else:
-        raise VitkitError(f"labels_per_class: cannot take a subset of a {type(ds).__name__}")
+        raise VitkitError(f"{name}: cannot take a subset of a {type(ds).__name__}")
     out.flip_invariant = ds.flip_invariant
     return out

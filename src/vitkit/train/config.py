@@ -83,6 +83,7 @@ class TrainConfig:
     objective: str = "classify"      # classify | mae (masked-autoencoder pretraining: labels ignored)
     mask_ratio: float = 0.75         # mae: share of each image's patches removed
     labels_per_class: float | None = None  # train on K labelled images per class (or a fraction < 1), seeded
+    val_from_train: float | None = None  # validate on this share of train (count per class if >= 1), not on test
 
     def auto_schedule(self, num_train: int) -> TrainConfig:
         """The batch size and epochs left to vitkit, derived from the number of training images.
@@ -205,8 +206,9 @@ class TrainConfig:
             raise VitkitError(f"objective must be classify or mae, got {self.objective!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise VitkitError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.labels_per_class is not None and self.labels_per_class <= 0:
-            raise VitkitError(f"labels_per_class must be positive, got {self.labels_per_class}")
+        for key in ("labels_per_class", "val_from_train"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise VitkitError(f"{key} must be positive, got {getattr(self, key)}")
         if self.objective == "mae":
             used = [k for k in ("distill_from", "init_from", "backbone_from", "labels_per_class")
                     if getattr(self, k) is not None] + [k for k in ("mixup", "cutmix", "linear_probe") if getattr(self, k)]

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm  # tqdm.write: log lines that do not break a bar on a terminal
 
 from ..allocator import keep_freed_memory
-from ..data.subset import labelled_subset
+from ..data.subset import labelled_subset, split_validation
 from ..data import BatchAugment, Mixup, folder_root, has_separate_test, load_dataset, make_loader
 from ..device import describe, pin_memory, resolve_device, setup_device, to_device
 from ..errors import VitkitError
@@ -192,8 +192,11 @@ class Trainer:
                               "model); drop one of them")
 
     def _datasets(self, cfg: TrainConfig) -> tuple[Any, Any, Any]:
-        """Train, validation and test splits; ``labels_per_class`` keeps a seeded, class-balanced few."""
+        """Train, validation and test splits; ``val_from_train`` holds validation out of the training
+        images, then ``labels_per_class`` keeps a seeded, class-balanced few of the rest."""
         train_ds, val_ds, test_ds = build_datasets(cfg, self.in_chans, self.img_size)
+        if cfg.val_from_train is not None:
+            train_ds, val_ds = split_validation(train_ds, cfg.val_from_train)
         if cfg.labels_per_class is not None:
             train_ds = labelled_subset(train_ds, cfg.labels_per_class, cfg.seed)
         return train_ds, val_ds, test_ds

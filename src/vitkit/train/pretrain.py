@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data import load_dataset, make_loader, normalize
+from ..data.subset import split_validation
 from ..errors import VitkitError
 from ..fileio import write_json
 from ..machine import cpu_name
@@ -49,6 +50,8 @@ class MaeTrainer(Trainer):
         if not cfg.dataset.startswith("folder:"):
             del common["unlabeled"]
         train_ds, val_ds = (load_dataset(cfg.dataset, split, **common) for split in ("train", "val"))
+        if cfg.val_from_train is not None:
+            train_ds, val_ds = split_validation(train_ds, cfg.val_from_train)
         return train_ds, val_ds, val_ds
 
     def _new_model(self, cfg: TrainConfig, pretrained: nn.Module | None) -> nn.Module:
