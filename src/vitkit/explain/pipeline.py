@@ -21,6 +21,7 @@ from .distance import fold_attention_distance
 from .embeddings import filter_components, image_filters, pos_embed_similarity
 from .figures import (plot_attention_distance, plot_class_attention, plot_filter_components,
                       plot_pos_embed_similarity, plot_rollout)
+from .reconstruction import save_reconstructions
 from .report import Figure, Section, write_report
 from .tokens import input_grid, num_prefix_tokens, resolve_token
 
@@ -117,14 +118,41 @@ def explain_images(model: nn.Module, images: torch.Tensor, originals: Sequence[A
                          "contributes through all layers."),
             Figure(att, f"Attention of the {what} to each patch, per layer (rows) and head (columns).")], top))
 
+    figures, section = _model_section(model, out_dir)
+    report = write_report(out_dir / "report.html", f"vitkit explain: {_model_name(model)}", sections + [section],
+                          f"{b} image(s), input {images.shape[-2]}x{images.shape[-1]}, {gh}x{gw} patches.")
+    return {"report": report, "figures": figures, "images": results}
+
+
+def explain_reconstructions(model: nn.Module, images: torch.Tensor, names: Sequence[str], mean: Sequence[float],
+                            std: Sequence[float], out_dir: Path, mask_ratio: float = 0.75,
+                            seed: int = 0) -> dict[str, Any]:
+    """An MAE's report: what it redraws of each image from a quarter of its patches (the paper's
+    Fig. 2), then the model figures. ``images`` are uint8 [B, C, H, W]; returns ``{"report",
+    "reconstructions", "figures"}``."""
+    out_dir = Path(out_dir)
+    drawn = save_reconstructions(model, images, tuple(mean), tuple(std), out_dir / "reconstructions.png",
+                                 mask_ratio, seed)
+    pct = round(100 * mask_ratio)
+    caption = (f"Per image (rows, in the order {', '.join(names)}): the original, the input with {pct}% of its "
+               "patches removed (grey), the reconstruction, and the reconstruction with the visible patches pasted "
+               "back (MAE paper, Fig. 2). The encoder saw only the visible patches.")
+    figures, section = _model_section(model, out_dir)
+    report = write_report(out_dir / "report.html", f"vitkit explain: {_model_name(model)}",
+                          [Section("Reconstructions", [Figure(drawn, caption)]), section],
+                          f"{len(images)} image(s), {pct}% of patches masked with seeded noise (seed {seed}).")
+    return {"report": report, "reconstructions": drawn, "figures": figures}
+
+
+def _model_name(model: nn.Module) -> str:
+    return spec.name if (spec := getattr(model, "build_spec", None)) else type(model).__name__
+
+
+def _model_section(model: nn.Module, out_dir: Path) -> tuple[dict[str, Path], Section]:
     figures = model_figures(model, out_dir)
     captions = {"filters": "Top principal components of the patch-embedding filters (ViT paper, Fig. 7 left).",
                 "pos_embed": "Cosine similarity of each position's embedding to all others (ViT paper, Fig. 7 centre)."}
-    sections.append(Section("Model", [Figure(path, captions[key]) for key, path in figures.items()]))
-    name = spec.name if (spec := getattr(model, "build_spec", None)) else type(model).__name__
-    report = write_report(out_dir / "report.html", f"vitkit explain: {name}", sections,
-                          f"{b} image(s), input {images.shape[-2]}x{images.shape[-1]}, {gh}x{gw} patches.")
-    return {"report": report, "figures": figures, "images": results}
+    return figures, Section("Model", [Figure(path, captions[key]) for key, path in figures.items()])
 
 
 def attention_distance_figure(model: nn.Module, batches: Iterable[torch.Tensor], out_path: Path) -> np.ndarray:
