@@ -190,8 +190,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML recipe (any TrainConfig field)")
     p.add_argument("--dataset", help="fashion-mnist | digits | folder:PATH")
     p.add_argument("--val-from-train", type=float, metavar="SHARE", help="validate on this share of the training "
-                   "images (a fixed, class-balanced draw; a count per class if >= 1) instead of the test split, which "
-                   "then stays unseen until the final report").recipe_field = "val_from_train"
+                   "images (a fixed, class-balanced draw; a count per class if >= 1), so that the held-out split is "
+                   "seen only by the final report").recipe_field = "val_from_train"
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--output", help="run folder: checkpoints, metrics.jsonl, curves.png, eval.json")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output (else refused)")
