@@ -132,3 +132,14 @@ def test_a_run_validates_on_its_share_of_train_and_reports_the_test_split(tmp_pa
     assert round(first_epoch["eval_top1"] * len(val)) == pytest.approx(first_epoch["eval_top1"] * len(val), abs=1e-6)
     with pytest.raises(VitkitError, match="val_from_train must be positive"):
         TrainConfig.from_dict(dict(val_from_train=0))
+
+
+def test_steps_budget_the_work_whatever_the_dataset_size(tmp_path):
+    cfg = TrainConfig.from_dict(dict(model="vit_mini_patch4_28", dataset="digits", output=str(tmp_path / "run"),
+                                     steps=7, batch_size=500, precision="fp32", img_size=8, warmup_epochs=0,
+                                     model_kwargs=dict(depth=1, embed_dim=32, num_heads=2)))
+    assert cfg.auto_schedule(1437).epochs == 4 and cfg.auto_schedule(1437).total_steps(1437) == 7
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 7]  # 2 batches an epoch; the fourth stops after one
+    assert rows[-1]["lr"] < 0.1 * rows[0]["lr"]  # the cosine schedule spans the 7 steps, not 4 whole epochs (8)

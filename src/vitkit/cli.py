@@ -66,7 +66,7 @@ DATA_DIR_HELP = "where dataset files are (else $VITKIT_DATA, system paths, downl
 
 def _run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     """Recipe fields given on the command line: the flags and ``more`` that were given, then --set."""
-    flags = dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs,
+    flags = dict(dataset=args.dataset, data_dir=args.data_dir, output=args.output, epochs=args.epochs, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, precision=args.precision,
                  seed=args.seed, img_size=args.img_size, drop_path_rate=args.drop_path_rate, workers=args.workers,
@@ -197,6 +197,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output (else refused)")
     p.add_argument("--epochs", type=int, help="passes over the training set (default: enough for 600 optimiser "
                    "steps, at least 10)")
+    p.add_argument("--steps", type=_positive_int, help="train for this many optimiser steps instead of whole "
+                   "epochs (the last epoch stops part-way): the same work whatever the dataset's size")
     p.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes (default: "
                    "about 50 steps an epoch, 32 to 256)")
     p.add_argument("--lr", type=float, help="peak learning rate")

@@ -34,6 +34,7 @@ class TrainConfig:
     data_dir: str | None = None
     output: str = "runs/train"
     epochs: int | None = None        # None: enough for AUTO_STEPS optimiser steps, at least 10 (auto_schedule)
+    steps: int | None = None         # total optimiser steps instead of epochs: the last epoch stops part-way
     batch_size: int | None = None    # global, split across processes under torchrun; None: from the data's size
     lr: float = 1e-3                 # peak learning rate after warmup
     min_lr: float = 1e-5
@@ -93,11 +94,14 @@ class TrainConfig:
         (about 50 steps an epoch, 32 to 256 images), and a short epoch is repeated until the run
         has AUTO_STEPS steps (at least 10 epochs, at most 200)."""
         batch = self.batch_size or auto_batch_size(num_train)
-        epochs = self.epochs or min(200, max(10, math.ceil(AUTO_STEPS / max(1, num_train // batch))))
+        per_epoch = max(1, num_train // batch)
+        if self.steps:  # epochs follow from steps: a budget of work, whatever the dataset's size
+            return dataclasses.replace(self, batch_size=batch, epochs=math.ceil(self.steps / per_epoch))
+        epochs = self.epochs or min(200, max(10, math.ceil(AUTO_STEPS / per_epoch)))
         return dataclasses.replace(self, batch_size=batch, epochs=epochs)
 
     def total_steps(self, num_train: int) -> int:
-        return (num_train // self.batch_size) * self.epochs
+        return self.steps or (num_train // self.batch_size) * self.epochs
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
@@ -147,7 +151,7 @@ class TrainConfig:
             raise VitkitError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):  # whether it is there: resolve_device
             raise VitkitError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        for name in ("epochs", "batch_size", "lr"):
+        for name in ("epochs", "steps", "batch_size", "lr"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise VitkitError(f"{name} must be positive, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 1:

@@ -387,12 +387,15 @@ class Trainer:
         self._schedule_patch_drop(epoch)
         _seed_epoch(cfg, epoch, self.info.rank)
         loader = self._loader(epoch)
-        total_steps, warmup = cfg.epochs * self.steps_per_epoch, int(cfg.warmup_epochs * self.steps_per_epoch)
+        total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
         bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.info.is_main, leave=False)
         # both loaders yield their sampler's order, batch by batch: a cached teacher looks its outputs up by it
         order = loader.sampler.indices() if self.teacher_cache is not None else None
         loss_sum, n = torch.zeros((), device=self.device), 0
         for batch, (images, labels) in enumerate(bar):
+            if self.progress["step"] >= total_steps:
+                break  # --steps ends the last epoch part-way
             lr = self.scheduled_lr = cosine_lr(self.progress["step"], total_steps, warmup, cfg.lr, cfg.min_lr)
             set_lr(self.optimizer, lr)
             x, targets = self._inputs(images, labels)
