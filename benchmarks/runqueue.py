@@ -60,4 +60,4 @@ def result(folder: Path) -> dict[str, float]:
     report = json.loads((folder / "eval.json").read_text())
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {"test_top1": report["top1"], "val_top1": rows[-1]["eval_top1"],
-            "train_seconds": round(report["train_seconds"], 1), "epochs": report["epochs"]}
+            "train_seconds": round(report["train_seconds"], 1), "epochs": report["epochs"], "steps": rows[-1]["step"]}

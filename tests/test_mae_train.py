@@ -1,6 +1,8 @@
-"""MAE pretraining runs (vitkit pretrain), fine-tuning and probing them, and few-label subsets."""
+"""MAE pretraining runs (vitkit pretrain), fine-tuning and probing them; few-label subsets, validation carved
+from the training images and step budgets, which the few-labels study relies on."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -134,7 +136,7 @@ def test_a_run_validates_on_its_share_of_train_and_reports_the_test_split(tmp_pa
         TrainConfig.from_dict(dict(val_from_train=0))
 
 
-def test_steps_budget_the_work_whatever_the_dataset_size(tmp_path):
+def test_steps_budget_the_work_whatever_the_dataset_size(tmp_path, capsys):
     cfg = TrainConfig.from_dict(dict(model="vit_mini_patch4_28", dataset="digits", output=str(tmp_path / "run"),
                                      steps=7, batch_size=500, precision="fp32", img_size=8, warmup_epochs=0,
                                      model_kwargs=dict(depth=1, embed_dim=32, num_heads=2)))
@@ -143,3 +145,6 @@ def test_steps_budget_the_work_whatever_the_dataset_size(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 7]  # 2 batches an epoch; the fourth stops after one
     assert rows[-1]["lr"] < 0.1 * rows[0]["lr"]  # the cosine schedule spans the 7 steps, not 4 whole epochs (8)
+    assert "outlasts" not in capsys.readouterr().err
+    train(dataclasses.replace(cfg, warmup_epochs=4.0), overwrite=True)
+    assert "the warmup (4 epochs, 8 steps) outlasts the run's 7 steps" in capsys.readouterr().err

@@ -219,6 +219,10 @@ class Trainer:
         if cfg.batch_size % self.info.world_size:
             raise VitkitError(f"batch_size {cfg.batch_size} does not divide over {self.info.world_size} processes")
         steps = cfg.total_steps(len(self.train_ds))
+        warmup = int(cfg.warmup_epochs * (len(self.train_ds) // cfg.batch_size))
+        if warmup >= steps:
+            _log(self.info, f"warning: the warmup ({cfg.warmup_epochs:g} epochs, {warmup} steps) outlasts the run's "
+                            f"{steps} steps, so the learning rate never reaches {cfg.lr:g}: lower --warmup-epochs")
         if steps < FEW_STEPS and not cfg.init_from:
             _log(self.info, f"warning: {len(self.train_ds)} images in batches of {cfg.batch_size} for {cfg.epochs} "
                             f"epochs is only {steps} optimiser steps, too few for a model trained from scratch "
