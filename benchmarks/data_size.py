@@ -129,12 +129,12 @@ def draw(out: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, row in out["rows"].items():
         sizes = sorted(row, key=int)
-        ax.plot([int(n) for n in sizes], [100 * row[n]["test_top1"] for n in sizes], "o-",
+        ax.plot([int(n) for n in sizes], [100 * row[n]["test_top1"] for n in sizes], marker="o",
                 ls="--" if label.startswith("MAE") else "-", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images (Fashion-MNIST)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"Equal training time: {out['budget_seconds']:.0f} s a run, one CPU thread", fontsize=10)
+    ax.set_title(f"Equal training time: the steps that fill {out['budget_seconds']:.0f} s on one thread", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
