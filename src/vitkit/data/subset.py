@@ -15,13 +15,15 @@ from ..errors import VitkitError
 from .dataset import ImageDataset, InMemoryDataset, LazyImageDataset
 
 
-def balanced_indices(targets: torch.Tensor, num_classes: int, labels_per_class: float, seed: int) -> torch.Tensor:
-    """Sorted indices of the kept images: per class, the first of a seeded permutation."""
+def balanced_indices(targets: torch.Tensor, num_classes: int, labels_per_class: float, seed: int,
+                     field: str = "labels_per_class") -> torch.Tensor:
+    """Sorted indices of the kept images: per class, the first of a seeded permutation; errors name
+    ``field``, the setting that asked for them."""
     if labels_per_class <= 0:
-        raise VitkitError(f"labels_per_class must be positive (K images per class, or a fraction below 1), "
+        raise VitkitError(f"{field} must be positive (K images per class, or a fraction below 1), "
                           f"got {labels_per_class}")
     if labels_per_class >= 1 and labels_per_class != int(labels_per_class):
-        raise VitkitError(f"labels_per_class {labels_per_class}: a count of images must be whole (or give a "
+        raise VitkitError(f"{field} {labels_per_class}: a count of images must be whole (or give a "
                           "fraction below 1)")
     generator = torch.Generator().manual_seed(seed)
     kept = []
@@ -29,7 +31,7 @@ def balanced_indices(targets: torch.Tensor, num_classes: int, labels_per_class: 
         idx = torch.nonzero(targets == c).flatten()
         k = int(labels_per_class) if labels_per_class >= 1 else max(1, math.floor(len(idx) * labels_per_class))
         if k > len(idx):
-            raise VitkitError(f"labels_per_class {k}: class {c} has only {len(idx)} training images")
+            raise VitkitError(f"{field} {k}: class {c} has only {len(idx)} training images")
         kept.append(idx[torch.randperm(len(idx), generator=generator)[:k]])
     return torch.cat(kept).sort().values
 
@@ -46,7 +48,7 @@ def labelled_subset(ds: ImageDataset, labels_per_class: float, seed: int) -> Ima
 def split_validation(ds: ImageDataset, share: float) -> tuple[ImageDataset, ImageDataset]:
     """(the rest, validation): a fixed class-balanced ``share`` of ``ds`` (a count per class if >= 1)
     held out, so recipes are chosen without looking at the test split."""
-    val_idx = balanced_indices(ds.targets, len(ds.classes), share, VALIDATION_SEED)
+    val_idx = balanced_indices(ds.targets, len(ds.classes), share, VALIDATION_SEED, "val_from_train")
     keep = torch.ones(len(ds.targets), dtype=torch.bool)
     keep[val_idx] = False
     if not keep.any():
