@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mae_throughput import images_per_second as timed_steps  # noqa: E402
 from runqueue import Run, result, run_all  # noqa: E402
 
 import vitkit  # noqa: E402
 from vitkit.machine import cpu_name  # noqa: E402
-from vitkit.train.optim import create_optimizer  # noqa: E402
 from vitkit.train.precision import autocast, resolve_precision  # noqa: E402
 
 VAL_PER_CLASS = 50
@@ -59,21 +59,17 @@ def images_per_second(name: str, batch: int, seconds: float = 4.0) -> float:
     model = vitkit.create_model(name, num_classes=10).train()
     if name.startswith(("resnet", "vit_hybrid")):
         model = model.to(memory_format=torch.channels_last)
-    opt = create_optimizer(model, "adamw", 1e-3, 0.05)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     precision = resolve_precision("auto")
-    n, start = -2 * batch, time.perf_counter()
-    while True:
-        if n == 0:
-            start = time.perf_counter()  # two steps of warm-up
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         with autocast(precision):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        n += batch
-        if n > 0 and time.perf_counter() - start > seconds:
-            return n / (time.perf_counter() - start)
+
+    return timed_steps(model, step, batch, seconds)
 
 
 def subset_args(n: int) -> list[str]:
